@@ -1,0 +1,82 @@
+# syntax=docker/dockerfile:1
+# Hydra serving images, one file, two targets:
+#   docker build -t hydra-serve .                    # the service (default, last stage)
+#   docker build -t hydra-train --target train .     # the training pipeline (torch with CUDA)
+#
+# Base: CUDA 13 + cuDNN 9 runtime on Ubuntu 24.04, what onnxruntime-gpu 1.31 is built for, so
+# the CUDA provider works on a GPU host and ONNX Runtime falls back to the CPU elsewhere.
+# The tag is a published one; pin its digest (@sha256:...) when you build for production.
+ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
+# Both images run as this user, so the training container can write versions into the model
+# volume that the service reads. 10001: the Ubuntu image already has uid 1000 (ubuntu).
+ARG HYDRA_UID=10001
+
+FROM ${CUDA_IMAGE} AS python-base
+ARG HYDRA_UID
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PATH=/opt/venv/bin:${PATH}
+# Ubuntu's python3 (3.12); versions come from the pinned base image's release.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --gid "${HYDRA_UID}" hydra \
+    && useradd --uid "${HYDRA_UID}" --gid "${HYDRA_UID}" --no-create-home \
+        --shell /usr/sbin/nologin hydra \
+    && mkdir -p /models \
+    && chown "${HYDRA_UID}:${HYDRA_UID}" /models
+
+# Dependencies first, from pyproject.toml alone: source edits do not invalidate this layer.
+FROM python-base AS deps
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /build
+RUN python3 -m venv /opt/venv
+COPY docker/pyproject_requirements.py pyproject.toml ./
+RUN python pyproject_requirements.py pyproject.toml > requirements.txt \
+    && pip install -r requirements.txt
+
+# The service's package on top, without touching its dependencies (and never torch).
+FROM deps AS service-build
+COPY README.md ./
+COPY app ./app
+RUN pip install --no-deps . \
+    && python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
+
+# Training: the service's dependencies plus the `train` extra (torch, a CUDA build from PyPI).
+FROM deps AS train-build
+RUN python pyproject_requirements.py pyproject.toml --extra train > requirements-train.txt \
+    && pip install -r requirements-train.txt
+COPY README.md ./
+COPY app ./app
+COPY training ./training
+RUN pip install --no-deps .
+
+FROM python-base AS train
+ARG HYDRA_UID
+COPY --from=train-build /opt/venv /opt/venv
+COPY configs /opt/hydra/configs
+WORKDIR /opt/hydra
+USER ${HYDRA_UID}:${HYDRA_UID}
+# Publishes a new version atomically under /models/<name>/<version>/ (the shared volume).
+VOLUME ["/models"]
+ENTRYPOINT ["hydra-train"]
+CMD ["run", "--config", "configs/digits.toml", "--repository", "/models"]
+
+FROM python-base AS service
+ARG HYDRA_UID
+COPY --from=service-build /opt/venv /opt/venv
+ENV HYDRA_REPOSITORY=/models \
+    HYDRA_HOST=0.0.0.0 \
+    HYDRA_PORT=8000
+WORKDIR /opt/hydra
+USER ${HYDRA_UID}:${HYDRA_UID}
+# The model repository is data, not part of the image: mount it (read-only is enough).
+VOLUME ["/models"]
+EXPOSE 8000
+# Ready means a model is loaded and its warm-up inference passed; python, so no curl needed.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('HYDRA_PORT', '8000') + '/v2/health/ready', timeout=4)"]
+ENTRYPOINT ["hydra-serve"]
