@@ -1,0 +1,173 @@
+"""Dynamic batching: requests for one model version are gathered into one ONNX Runtime call.
+
+A bounded FIFO of pending requests; one worker task per batcher takes up to
+``max_batch_size`` instances, waiting at most ``max_delay_s`` after the oldest request
+arrived, and runs the blocking inference in a thread (never on the event loop). A full queue
+refuses at once (``Overloaded``) instead of letting the wait grow without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from app.errors import InferenceFailed, InferenceTimeout, ModelNotReady, Overloaded
+from app.runtime import Outputs
+
+logger = logging.getLogger(__name__)
+
+InferFn = Callable[[npt.NDArray[np.float32]], Outputs]
+
+
+class BatchObserver:
+    """Hooks for metrics; the default does nothing."""
+
+    def queue_depth(self, depth: int) -> None: ...
+
+    def batch_done(self, size: int, duration_s: float, waits_s: list[float], outputs: Outputs) -> None: ...
+
+
+@dataclass(eq=False)
+class _Pending:
+    batch: npt.NDArray[np.float32]  # [n, *feature_shape]
+    future: asyncio.Future[Outputs]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+    @property
+    def size(self) -> int:
+        return int(self.batch.shape[0])
+
+
+class Batcher:
+    def __init__(
+        self,
+        infer: InferFn,
+        *,
+        max_batch_size: int,
+        max_delay_s: float,
+        queue_size: int,
+        label: str,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self._infer = infer
+        self._max_batch = max_batch_size
+        self._max_delay = max_delay_s
+        self._queue_size = queue_size
+        self._label = label
+        self._observer = observer or BatchObserver()
+        self._pending: deque[_Pending] = deque()
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{label}")
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self._label}")
+
+    @property
+    def depth(self) -> int:
+        return len(self._pending)
+
+    async def submit(self, batch: npt.NDArray[np.float32], timeout_s: float) -> Outputs:
+        """Outputs for this request's rows [n, ...]; raises Overloaded / InferenceTimeout."""
+        if self._closing:
+            raise ModelNotReady(f"model {self._label} is shutting down; retry on another replica")
+        if len(self._pending) >= self._queue_size:
+            raise Overloaded(
+                f"the queue for {self._label} is full ({self._queue_size} requests waiting); "
+                "retry after the Retry-After delay"
+            )
+        item = _Pending(batch, asyncio.get_running_loop().create_future())
+        self._pending.append(item)
+        self._observer.queue_depth(len(self._pending))
+        self._wake.set()
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await asyncio.shield(item.future)
+        except TimeoutError as exc:
+            raise InferenceTimeout(
+                f"inference on {self._label} did not finish within request_timeout_s={timeout_s:g}s"
+            ) from exc
+        finally:
+            # A timed-out or disconnected request is skipped if it is still queued.
+            if not item.future.done():
+                item.future.cancel()
+
+    async def _gather(self) -> list[_Pending]:
+        """Wait for work, then for a full batch or the oldest request's deadline."""
+        while not self._pending:
+            if self._closing:
+                return []
+            self._wake.clear()
+            await self._wake.wait()
+        deadline = self._pending[0].enqueued + self._max_delay
+        while not self._closing and sum(p.size for p in self._pending) < self._max_batch:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._wake.wait()
+            except TimeoutError:
+                break
+        batch: list[_Pending] = []
+        size = 0
+        while self._pending:
+            item = self._pending[0]
+            if item.future.done():  # timed out or cancelled while waiting
+                self._pending.popleft()
+                continue
+            if batch and size + item.size > self._max_batch:
+                break
+            batch.append(self._pending.popleft())
+            size += item.size
+        self._observer.queue_depth(len(self._pending))
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._gather()
+            if not batch:
+                if self._closing and not self._pending:
+                    return
+                continue
+            started = time.perf_counter()
+            waits = [started - p.enqueued for p in batch]
+            inputs = batch[0].batch if len(batch) == 1 else np.concatenate([p.batch for p in batch])
+            try:
+                outputs = await loop.run_in_executor(self._executor, self._infer, inputs)
+            except Exception as exc:  # a failing ORT call must fail these requests, not the worker
+                logger.exception("inference failed for %s (batch of %d)", self._label, len(inputs))
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(InferenceFailed(f"inference failed: {type(exc).__name__}"))
+                continue
+            duration = time.perf_counter() - started
+            start = 0
+            for p in batch:
+                rows = slice(start, start + p.size)
+                start += p.size
+                if not p.future.done():
+                    p.future.set_result({k: v[rows] for k, v in outputs.items()})
+            try:
+                self._observer.batch_done(len(inputs), duration, waits, outputs)
+            except Exception:  # metrics must never break serving
+                logger.exception("batch observer failed for %s", self._label)
+
+    async def close(self) -> None:
+        """Finish what is queued, then stop the worker and its thread."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        self._executor.shutdown(wait=True)

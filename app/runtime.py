@@ -1,0 +1,152 @@
+"""Load a model file into ONNX Runtime, check it against the contract, warm it up.
+
+Nothing here touches the event loop: loading and ``LoadedModel.infer`` are blocking and run
+in worker threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from app.contract import INPUT_NAME, ContractError, ModelMetadata, expected_output_shapes
+
+logger = logging.getLogger(__name__)
+
+Outputs = dict[str, npt.NDArray[np.generic]]
+# Outputs the service adds to the graph's: argmax of the mean probabilities and the OOD flag
+# with its conformal p-value, all [B].
+EXTRA_OUTPUTS = ("predicted_class", "is_ood", "ood_p_value")
+WARMUP_BATCH = 2
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One version of one model, ready to run. ``infer`` is thread-safe (ORT sessions are)."""
+
+    name: str
+    version: int
+    path: Path
+    sha256: str
+    meta: ModelMetadata
+    session: ort.InferenceSession
+    provider: str
+
+    @property
+    def input_shape(self) -> list[int]:
+        """[-1, *feature_shape]: -1 is the dynamic batch, as the V2 metadata writes it."""
+        return [-1, *self.meta.feature_shape]
+
+    def infer(self, batch: npt.NDArray[np.float32]) -> Outputs:
+        """Run the graph on [B, *feature_shape] float32; add the service's extra outputs."""
+        names = self.meta.output_names
+        values = self.session.run(names, {INPUT_NAME: batch})
+        out: Outputs = dict(zip(names, values))
+        if self.meta.task == "classification":
+            out["predicted_class"] = np.argmax(out["mean_probs"], axis=1).astype(np.int64)
+        calibration = self.meta.ood
+        if calibration is not None:
+            score = out[calibration.score]
+            out["is_ood"] = calibration.is_ood(score)
+            out["ood_p_value"] = calibration.p_values(score)
+        else:
+            out["is_ood"] = np.zeros(batch.shape[0], dtype=bool)
+        return out
+
+
+def session_options(intra_op_threads: int = 0) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    # Several sessions share the process: spin-waiting pools thrash on few cores.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if intra_op_threads:
+        opts.intra_op_num_threads = intra_op_threads
+    opts.log_severity_level = 3
+    return opts
+
+
+def load_model(
+    name: str,
+    version: int,
+    path: Path,
+    *,
+    providers: list[str],
+    intra_op_threads: int = 0,
+) -> LoadedModel:
+    """Read, check and warm up one model file. Raises ContractError with what was wrong."""
+    data = path.read_bytes()  # one read: a file replaced meanwhile cannot mix two versions
+    try:
+        session = ort.InferenceSession(
+            data, sess_options=session_options(intra_op_threads), providers=providers
+        )
+    except Exception as exc:  # ORT raises its own exception types for any unreadable file
+        raise ContractError(f"ONNX Runtime cannot load {path.name}: {exc}") from exc
+    meta = ModelMetadata.from_props(dict(session.get_modelmeta().custom_metadata_map))
+    check_graph(session, meta)
+    active = session.get_providers()
+    model = LoadedModel(
+        name=name,
+        version=version,
+        path=path,
+        sha256=hashlib.sha256(data).hexdigest(),
+        meta=meta,
+        session=session,
+        provider=active[0] if active else "unknown",
+    )
+    warm_up(model)
+    return model
+
+
+def _dims_match(actual: list[object], expected: list[int | str]) -> bool:
+    if len(actual) != len(expected):
+        return False
+    for a, e in zip(actual, expected):
+        # Symbolic or unknown dims are checked at warm-up, on real output arrays.
+        if isinstance(e, int) and isinstance(a, int) and a != e:
+            return False
+    return True
+
+
+def check_graph(session: ort.InferenceSession, meta: ModelMetadata) -> None:
+    """The graph's input and outputs are the contract's, with compatible shapes and types."""
+    inputs = session.get_inputs()
+    if [i.name for i in inputs] != [INPUT_NAME]:
+        raise ContractError(f"one input {INPUT_NAME!r} expected, got {[i.name for i in inputs]}")
+    inp = inputs[0]
+    if inp.type != "tensor(float)":
+        raise ContractError(f"input {INPUT_NAME!r} must be tensor(float), got {inp.type}")
+    expected_in: list[int | str] = ["batch", *meta.feature_shape]
+    if not _dims_match(list(inp.shape), expected_in):
+        raise ContractError(f"input shape {expected_in} expected, got {inp.shape}")
+    outputs = {o.name: o for o in session.get_outputs()}
+    missing = [n for n in meta.output_names if n not in outputs]
+    if missing:
+        raise ContractError(f"outputs {missing} missing; the contract needs {meta.output_names}")
+    for name, shape in expected_output_shapes(meta).items():
+        out = outputs[name]
+        if out.type != "tensor(float)":
+            raise ContractError(f"output {name!r} must be tensor(float), got {out.type}")
+        if not _dims_match(list(out.shape), shape):
+            raise ContractError(f"output {name!r}: shape {shape} expected, got {out.shape}")
+
+
+def warm_up(model: LoadedModel) -> None:
+    """One inference on a small batch: shapes as the contract says and every value finite."""
+    x = np.zeros((WARMUP_BATCH, *model.meta.feature_shape), dtype=np.float32)
+    try:
+        out = model.infer(x)
+    except Exception as exc:  # ORT failures at run time come as its own exception types
+        raise ContractError(f"warm-up inference failed: {exc}") from exc
+    for name, shape in expected_output_shapes(model.meta).items():
+        want = tuple(WARMUP_BATCH if d == "batch" else d for d in shape)
+        if out[name].shape != want:
+            raise ContractError(f"warm-up: output {name!r} shape {want} expected, got {out[name].shape}")
+        if not np.all(np.isfinite(out[name])):
+            raise ContractError(f"warm-up: output {name!r} has NaN or infinite values")
+    logger.debug("warm-up passed for %s/%s", model.name, model.version)

@@ -1,0 +1,107 @@
+"""HTTP bodies (pydantic): what /docs shows and what requests are checked against."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class V1Parameters(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    return_heads: bool = Field(False, description="add each head's probabilities (mean/variance)")
+
+
+class V1PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    instances: list[Any] = Field(
+        ...,
+        description="instances, each nested to the model's feature shape or a flat row-major "
+        "list of prod(feature_shape) numbers (raw features: the graph normalises)",
+        examples=[[[0.0] * 64]],
+    )
+    parameters: V1Parameters = Field(default_factory=V1Parameters)
+
+
+class OodInfo(BaseModel):
+    is_ood: bool
+    score: float
+    threshold: float | None
+    p_value: float | None
+
+
+class V1Prediction(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    label: str | None = None
+    class_index: int | None = None
+    probabilities: list[float] | None = None
+    mean: list[float] | None = None
+    variance: list[float] | None = None
+    total_uncertainty: float
+    data_uncertainty: float
+    model_uncertainty: float
+    head_disagreement: list[float]
+    disagreement_rate: float | None = None
+    ood: OodInfo
+    head_probabilities: list[list[float]] | None = None
+
+
+class V1PredictResponse(BaseModel):
+    model_name: str
+    model_version: str
+    predictions: list[V1Prediction]
+
+
+class V2Tensor(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: Any = None
+
+
+class V2RequestedOutput(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class V2InferRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[V2Tensor]
+    outputs: list[V2RequestedOutput] | None = None
+
+
+class V2InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[V2Tensor]
+
+
+class V2TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class V2ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[V2TensorMetadata]
+    outputs: list[V2TensorMetadata]
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class V2Error(BaseModel):
+    error: str
+
+
+class V1Error(BaseModel):
+    error: str
+    code: str

@@ -1,0 +1,97 @@
+"""The service's one settings object, read from environment variables prefixed ``HYDRA_``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+logger = logging.getLogger(__name__)
+
+KNOWN_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+DEFAULT_PROVIDERS = list(KNOWN_PROVIDERS)
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told. Unsafe or nonsensical values are refused."""
+
+    model_config = SettingsConfigDict(env_prefix="HYDRA_", extra="forbid", frozen=True)
+
+    repository: Path = Path("models")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=32)
+
+    # Batching: one ONNX Runtime call gathers up to max_batch_size instances, waiting at most
+    # max_batch_delay_ms for more after the first arrives. batching=False runs one request
+    # per call (for comparisons).
+    batching: bool = True
+    max_batch_size: int = Field(64, ge=1, le=4096)
+    max_batch_delay_ms: float = Field(2.0, ge=0.0, le=1000.0)
+    queue_size: int = Field(256, ge=1, le=100_000)  # requests waiting per model version
+    request_timeout_s: float = Field(10.0, gt=0.0, le=600.0)
+
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, le=1024**3)
+    max_instances: int = Field(256, ge=1, le=100_000)  # per request
+
+    api_key: SecretStr | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    poll_interval_s: float = Field(5.0, gt=0.0, le=3600.0)
+    providers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_PROVIDERS))
+    intra_op_threads: int = Field(0, ge=0, le=256)  # 0: ONNX Runtime's default
+
+    drift_window: int = Field(1000, ge=10, le=1_000_000)
+    drift_min_samples: int = Field(100, ge=1)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, v: object) -> object:
+        return v.upper() if isinstance(v, str) else v
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @field_validator("providers")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one execution provider is needed")
+        unknown = [p for p in v if p not in KNOWN_PROVIDERS]
+        if unknown:
+            raise ValueError(f"providers must be among {KNOWN_PROVIDERS}, got {unknown}")
+        return v
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_length(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 8:
+            raise ValueError("api_key must have at least 8 characters")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.drift_min_samples > self.drift_window:
+            raise ValueError(
+                f"drift_min_samples ({self.drift_min_samples}) must not exceed "
+                f"drift_window ({self.drift_window})"
+            )
+        return self
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.max_batch_size if self.batching else 1
+
+    def log_summary(self) -> None:
+        if self.host in ("0.0.0.0", "::"):
+            logger.warning("listening on all interfaces (%s); put it behind a proxy", self.host)
+        if self.api_key is None:
+            logger.info("no api_key set: the prediction endpoints are open")

@@ -1,0 +1,165 @@
+"""Stage 3: ensemble vs KD student vs Hydra, side by side, on test, OOD and shifted data."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.data import Dataset
+from training.metrics import (classification_metrics, fidelity, ood_metrics, regression_metrics,
+                              reliability_bins)
+from training.networks import count_parameters
+from training.runtime import Runtime, predict
+from training.uncertainty import derived_outputs
+
+log = logging.getLogger(__name__)
+
+COMPONENTS = ("total", "data", "model")
+# The issue's goals for the default digits model.
+GOALS = {"accuracy_gap_points": 0.5, "nll_ratio": 1.15, "spearman_model_test": 0.8,
+         "spearman_model_ood": 0.9, "auroc_ratio": 0.97, "param_ratio": 1.5}
+
+
+@dataclass
+class Outputs:
+    """A model's per-head outputs and derived outputs (numpy) on one named split."""
+
+    heads: np.ndarray
+    derived: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def run_model(model: nn.Module, X: np.ndarray, task: str, rt: Runtime) -> Outputs:
+    heads = predict(model, torch.as_tensor(X), rt)
+    derived = {k: v.numpy() for k, v in derived_outputs(task, heads).items()}
+    return Outputs(heads.numpy(), derived)
+
+
+def splits_of(data: Dataset) -> dict[str, np.ndarray]:
+    """Every input set evaluated, by name: test, calibration, ood/<name>, shift/<level>."""
+    out = {"test": data.test.X, "calibration": data.calibration.X}
+    out.update({f"ood/{k}": v for k, v in data.ood.items()})
+    out.update({f"shift/{k:g}": v.X for k, v in data.shift.items()})
+    return out
+
+
+def _quality(task: str, o: Outputs, y: np.ndarray) -> dict[str, float]:
+    if task == "classification":
+        return classification_metrics(o.derived["mean_probs"], y)
+    return regression_metrics(o.derived["mean"], o.derived["variance"], y)
+
+
+def _per_head(task: str, student: Outputs, teacher: Outputs | None, y: np.ndarray) -> dict[str, list[float]]:
+    from training.losses import gaussian_kl
+
+    out: dict[str, list[float]] = {}
+    heads = torch.as_tensor(student.heads)
+    if task == "classification":
+        out["accuracy"] = [float((student.heads[:, m].argmax(-1) == y).mean())
+                           for m in range(heads.shape[1])]
+        if teacher is not None:
+            t = torch.log_softmax(torch.as_tensor(teacher.heads), -1)
+            s = torch.log_softmax(heads, -1)
+            out["kl_member_to_head"] = (t.exp() * (t - s)).sum(-1).mean(0).tolist()
+    else:
+        out["rmse"] = [float(np.sqrt(((student.heads[:, m, 0] - y) ** 2).mean()))
+                       for m in range(heads.shape[1])]
+        if teacher is not None:
+            t = torch.as_tensor(teacher.heads)
+            kl = gaussian_kl(t[:, :, 0], t[:, :, 1], heads[:, :, 0], heads[:, :, 1])
+            out["kl_member_to_head"] = kl.sum(-1).mean(0).tolist()
+    return out
+
+
+def evaluate(data: Dataset, models: dict[str, nn.Module], rt: Runtime,
+             parameters: dict[str, int]) -> tuple[dict[str, Any], dict[str, dict[str, Outputs]]]:
+    """The report's numbers, and the raw outputs (for plots).
+
+    ``models`` holds "hydra" and "kd", and "ensemble" when the members are available.
+    """
+    task = data.task
+    inputs = splits_of(data)
+    outputs = {name: {split: run_model(m, X, task, rt) for split, X in inputs.items()}
+               for name, m in models.items()}
+    has_ens = "ensemble" in outputs
+    report: dict[str, Any] = {"task": task, "parameters": parameters,
+                              "splits": {k: int(v.shape[0]) for k, v in inputs.items()}}
+
+    report["test"] = {name: _quality(task, o["test"], data.test.y) for name, o in outputs.items()}
+    report["shift"] = {
+        f"{level:g}": {
+            name: {**_quality(task, o[f"shift/{level:g}"], split.y),
+                   **{f"mean_{c}_uncertainty": float(o[f"shift/{level:g}"].derived[f"{c}_uncertainty"].mean())
+                      for c in COMPONENTS}}
+            for name, o in outputs.items()}
+        for level, split in data.shift.items()}
+
+    if has_ens:
+        report["fidelity"] = {
+            student: {split: {c: fidelity(outputs[student][split].derived[f"{c}_uncertainty"],
+                                          outputs["ensemble"][split].derived[f"{c}_uncertainty"])
+                              for c in COMPONENTS}
+                      for split in inputs if split != "calibration"}
+            for student in ("hydra", "kd")}
+
+    report["ood_detection"] = {}
+    for ood_name in data.ood:
+        entry: dict[str, Any] = {}
+        for name, o in outputs.items():
+            entry[name] = {score: ood_metrics(o["test"].derived[score], o[f"ood/{ood_name}"].derived[score])
+                           for score in ("model_uncertainty", "total_uncertainty")}
+        if has_ens:
+            entry["hydra_over_ensemble_auroc"] = {
+                score: (entry["hydra"][score]["auroc"] / entry["ensemble"][score]["auroc"]
+                        if entry["ensemble"][score]["auroc"] > 0 else None)
+                for score in ("model_uncertainty", "total_uncertainty")}
+        report["ood_detection"][ood_name] = entry
+
+    teacher_test = outputs["ensemble"]["test"] if has_ens else None
+    report["per_head"] = {"hydra": _per_head(task, outputs["hydra"]["test"], teacher_test, data.test.y)}
+    if task == "classification":
+        report["reliability"] = {name: reliability_bins(o["test"].derived["mean_probs"], data.test.y)
+                                 for name, o in outputs.items()}
+    if has_ens:
+        report["goals"] = check_goals(report)
+    return report, outputs
+
+
+def check_goals(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each goal with its measured value and whether it is met (classification only)."""
+    if report["task"] != "classification":
+        return {}
+    test = report["test"]
+    goals: dict[str, dict[str, Any]] = {}
+
+    def goal(name: str, value: float | None, target: float, higher_is_better: bool) -> None:
+        met = value is not None and (value >= target if higher_is_better else value <= target)
+        goals[name] = {"value": value, "target": target, "met": bool(met)}
+
+    goal("accuracy_gap_points", 100 * (test["ensemble"]["accuracy"] - test["hydra"]["accuracy"]),
+         GOALS["accuracy_gap_points"], False)
+    goal("nll_ratio", test["hydra"]["nll"] / test["ensemble"]["nll"], GOALS["nll_ratio"], False)
+    fid = report["fidelity"]["hydra"]
+    goal("spearman_model_test", fid["test"]["model"]["spearman"], GOALS["spearman_model_test"], True)
+    for split in fid:
+        if split.startswith("ood/"):
+            goal(f"spearman_model_{split}", fid[split]["model"]["spearman"], GOALS["spearman_model_ood"], True)
+    for ood_name, entry in report["ood_detection"].items():
+        goal(f"auroc_ratio_model_ood/{ood_name}", entry["hydra_over_ensemble_auroc"]["model_uncertainty"],
+             GOALS["auroc_ratio"], True)
+    p = report["parameters"]
+    goal("param_ratio_hydra_over_member", p["hydra"] / p["member"], GOALS["param_ratio"], False)
+    return goals
+
+
+def parameter_counts(member: nn.Module | None, ensemble: nn.Module | None, kd: nn.Module,
+                     hydra: nn.Module) -> dict[str, int]:
+    counts = {"kd": count_parameters(kd), "hydra": count_parameters(hydra)}
+    if member is not None and ensemble is not None:
+        counts["member"] = count_parameters(member)
+        counts["ensemble"] = count_parameters(ensemble)
+    return counts

@@ -1,0 +1,144 @@
+"""Stage 4: calibration and ONNX export under the contract of ``app.contract``.
+
+The exported graph takes raw features, normalizes them, runs every head and computes the
+derived outputs (the same torch functions evaluation uses). Export checks itself: the ONNX
+checker, then ONNX Runtime against PyTorch on random and real inputs for every output.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from app.contract import INPUT_NAME, ModelMetadata, derived_output_names, output_names
+from app.drift import DriftReference
+from app.ood import OodCalibration
+from training.config import CalibrationConfig, ExportConfig
+from training.uncertainty import derived_outputs
+
+log = logging.getLogger(__name__)
+
+
+class ExportError(RuntimeError):
+    """The exported file failed its own checks; the message names the output and the gap."""
+
+
+class ContractModule(nn.Module):
+    """Wraps a network returning [B, M, ...] into the contract's flat tuple of outputs."""
+
+    def __init__(self, net: nn.Module, task: str) -> None:
+        super().__init__()
+        self.net = net
+        self.task = task
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        heads = self.net(x)  # [B, M, C] or [B, M, 2, D]
+        derived = derived_outputs(self.task, heads)
+        return (*heads.float().unbind(1), *(derived[n] for n in derived_output_names(self.task)))
+
+
+def calibrate(derived: dict[str, np.ndarray], config: CalibrationConfig) -> tuple[OodCalibration, dict[str, DriftReference]]:
+    """OOD threshold and drift references from a model's outputs on the calibration split."""
+    ood = OodCalibration.from_scores(derived[config.score], alpha=config.alpha, score=config.score)
+    drift = {c: DriftReference.from_scores(derived[f"{c}_uncertainty"], config.drift_bins)
+             for c in ("total", "data", "model")}
+    return ood, drift
+
+
+def _strip_local_metadata(model: onnx.ModelProto) -> None:
+    """Drop per-node metadata and doc strings: the exporter records local source paths there."""
+    def clean(graph: onnx.GraphProto) -> None:
+        graph.doc_string = ""
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    clean(attr.g)
+    clean(model.graph)
+    for fn in model.functions:
+        for node in fn.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+    model.doc_string = ""
+    del model.metadata_props[:]
+
+
+def to_onnx(net: nn.Module, meta: ModelMetadata, config: ExportConfig) -> onnx.ModelProto:
+    module = ContractModule(net, meta.task).eval().cpu().float()
+    example = torch.zeros(4, *meta.feature_shape)
+    names = output_names(meta.task, meta.num_heads)
+    program = torch.onnx.export(
+        module, (example,), input_names=[INPUT_NAME], output_names=names,
+        dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, opset_version=config.opset,
+        dynamo=True, external_data=False, verbose=False)
+    buf = io.BytesIO()
+    program.save(buf)  # type: ignore[union-attr]
+    model = onnx.load_from_string(buf.getvalue())
+    _strip_local_metadata(model)
+    for key, value in meta.to_props().items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@dataclass(frozen=True)
+class ParityResult:
+    max_abs_diff: dict[str, float]
+    samples: int
+
+
+def check_parity(model: onnx.ModelProto, net: nn.Module, meta: ModelMetadata, inputs: np.ndarray,
+                 config: ExportConfig) -> ParityResult:
+    """ONNX Runtime (CPU) vs PyTorch on ``inputs`` [N, *feature_shape], for every output."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    got = session.run(None, {INPUT_NAME: inputs.astype(np.float32)})
+    with torch.no_grad():
+        want = [t.numpy() for t in ContractModule(net, meta.task).eval().cpu().float()(torch.as_tensor(inputs))]
+    names = [o.name for o in session.get_outputs()]
+    if names != meta.output_names:
+        raise ExportError(f"graph outputs {names} differ from the contract's {meta.output_names}")
+    diffs = {}
+    for name, g, w in zip(names, got, want):
+        if g.shape != w.shape:
+            raise ExportError(f"output {name}: ONNX Runtime shape {g.shape}, PyTorch {w.shape}")
+        diff = np.abs(g.astype(np.float64) - w)
+        bound = config.atol + config.rtol * np.abs(w)
+        if not np.all(diff <= bound):
+            raise ExportError(f"output {name}: ONNX Runtime differs from PyTorch by up to "
+                              f"{diff.max():.3g} (allowed {config.atol} + {config.rtol}*|x|)")
+        diffs[name] = float(diff.max()) if diff.size else 0.0
+    return ParityResult(diffs, int(inputs.shape[0]))
+
+
+def export_checked(net: nn.Module, meta: ModelMetadata, config: ExportConfig, real_inputs: np.ndarray,
+                   path: Path, seed: int = 0) -> dict[str, Any]:
+    """Export, check, and write ``path`` atomically. Returns the parity figures for the report."""
+    net = net.eval().cpu().float()
+    model = to_onnx(net, meta, config)
+    rng = np.random.default_rng(seed)
+    lo, hi = real_inputs.min(axis=0), real_inputs.max(axis=0)
+    random_inputs = rng.uniform(lo, hi, size=(64, *real_inputs.shape[1:])).astype(np.float32)
+    parity = {"random": check_parity(model, net, meta, random_inputs, config).max_abs_diff,
+              "real": check_parity(model, net, meta, real_inputs, config).max_abs_diff,
+              "single": check_parity(model, net, meta, real_inputs[:1], config).max_abs_diff}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(model.SerializeToString())
+    os.replace(tmp, path)
+    worst = max(max(d.values()) for d in parity.values())
+    log.info("exported %s (%d outputs, parity max |diff| %.2e)", path, len(meta.output_names), worst)
+    return {"file": path.name, "opset": config.opset, "atol": config.atol, "rtol": config.rtol,
+            "max_abs_diff": parity, "bytes": path.stat().st_size}

@@ -1,0 +1,137 @@
+"""The whole pipeline: teachers, transfer set, two-phase distillation, evaluation, calibration,
+export and publication. Every stage checkpoints into ``runs/<name>/`` so a rerun (or a rerun
+after a crash) picks up where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from app.contract import ModelMetadata
+from training.config import RunConfig
+from training.data import Dataset, load_dataset
+from training.distill import distill
+from training.ensemble import load_member_predictions, train_ensemble
+from training.evaluate import Outputs, evaluate, parameter_counts
+from training.export import calibrate, export_checked
+from training.networks import Ensemble, HydraNet
+from training.publish import publish
+from training.report import write_report
+from training.runtime import Runtime, config_key, predict, setup_runtime, teardown_runtime
+from training.transfer import build_transfer_inputs
+
+log = logging.getLogger(__name__)
+
+STAGES = ("ensemble", "distill", "evaluate", "export")
+
+
+@dataclass
+class Trained:
+    data: Dataset
+    teacher: Ensemble | None
+    kd: HydraNet
+    hydra: HydraNet
+    transfer_size: int
+
+
+def teachers(config: RunConfig, data: Dataset, rt: Runtime, run_dir: Path) -> tuple[Ensemble | None, np.ndarray, np.ndarray, np.ndarray, str]:
+    """(ensemble or None, transfer inputs, teacher outputs on them, mask of training rows, key)."""
+    if config.ensemble.predictions:
+        given = load_member_predictions(Path(config.ensemble.predictions), data, config.ensemble.members)
+        original = np.zeros(given.X.shape[0], dtype=bool)
+        key = config_key(config.ensemble.predictions, given.X.shape, float(given.outputs.sum()))
+        return None, given.X, given.outputs, original, key
+    ensemble = train_ensemble(config, data, rt, run_dir)
+    X, original = build_transfer_inputs(data.train.X, ensemble, config.distill.transfer, rt)
+    outputs = predict(ensemble, torch.as_tensor(X), rt).numpy()
+    return ensemble, X, outputs, original, config_key(config.ensemble, config.distill.transfer)
+
+
+def train(config: RunConfig, rt: Runtime, run_dir: Path, stop_after: str = "distill") -> Trained:
+    data = load_dataset(config.data)
+    teacher, X, outputs, original, key = teachers(config, data, rt, run_dir)
+    if stop_after == "ensemble":
+        return Trained(data, teacher, None, None, len(X))  # type: ignore[arg-type]
+    kd, hydra = distill(config, data, X, outputs, original, rt, run_dir, key)
+    return Trained(data, teacher, kd, hydra, len(X))
+
+
+def _metadata(config: RunConfig, data: Dataset, kind: str, num_heads: int, calibration: Outputs,
+              summary: dict[str, Any]) -> ModelMetadata:
+    ood, drift = calibrate(calibration.derived, config.calibration)
+    return ModelMetadata(
+        task=data.task, kind=kind, num_heads=num_heads, feature_shape=data.feature_shape,  # type: ignore[arg-type]
+        class_labels=data.class_labels, output_dim=data.output_dim,
+        preprocessing={**data.preprocessing, "normalization": "per-feature standardization inside the graph"},
+        training=summary, ood=ood, drift=drift)
+
+
+def run_pipeline(config: RunConfig, repository: Path | None, stop_after: str = "export") -> Path | None:
+    """Run up to ``stop_after``; returns the published version folder when exporting."""
+    if stop_after not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stop_after!r}")
+    started = time.time()
+    rt = setup_runtime(config.device)
+    run_dir = Path(config.runs_dir) / config.name
+    try:
+        trained = train(config, rt, run_dir, "ensemble" if stop_after == "ensemble" else "distill")
+        if stop_after in ("ensemble", "distill") or not rt.is_main:
+            return None
+        data, teacher = trained.data, trained.teacher
+        models: dict[str, nn.Module] = {"kd": trained.kd, "hydra": trained.hydra}
+        if teacher is not None:
+            models["ensemble"] = teacher
+        params = parameter_counts(teacher.members[0] if teacher else None, teacher, trained.kd, trained.hydra)
+        report, outputs = evaluate(data, models, rt, params)
+        summary = {"name": config.name, "data": data.name, "members": trained.hydra.num_heads,
+                   "transfer_size": trained.transfer_size, "body": config.model.body,
+                   "head": config.model.head, "temperature": config.distill.temperature,
+                   "test": report["test"]["hydra"], "device": str(rt.device),
+                   "world_size": rt.world_size}
+        report.update(name=config.name, config=config.to_dict(), created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                      device=str(rt.device), world_size=rt.world_size)
+
+        def write(folder: Path) -> None:
+            report["export"] = {}
+            to_export: dict[str, tuple[nn.Module, str]] = {"model.onnx": (trained.hydra, "hydra")}
+            if teacher is not None:
+                to_export["ensemble.onnx"] = (teacher, "ensemble")
+            for filename, (net, kind) in to_export.items():
+                meta = _metadata(config, data, kind, net.num_heads, outputs[kind]["calibration"],
+                                 summary if kind == "hydra" else {**summary, "test": report["test"]["ensemble"]})
+                report["export"][filename] = export_checked(net, meta, config.export, data.test.X, folder / filename)
+                report["export"][filename]["ood_threshold"] = meta.ood.threshold if meta.ood else None
+                if kind == "hydra":
+                    report["calibration"] = _calibration_summary(meta, outputs["hydra"], config)
+            report["duration_s"] = round(time.time() - started, 1)
+            write_report(report, outputs, data, folder)
+            (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+
+        if stop_after == "evaluate":
+            (run_dir / "report").mkdir(parents=True, exist_ok=True)
+            write(run_dir / "report")
+            return run_dir / "report"
+        return publish(repository or Path("models"), config.name, write)
+    finally:
+        teardown_runtime(rt)
+
+
+def _calibration_summary(meta: ModelMetadata, hydra: dict[str, Outputs], config: RunConfig) -> dict[str, Any]:
+    """The OOD threshold and the rate at which it flags test and OOD inputs."""
+    if meta.ood is None:
+        return {}
+    rates = {split: float(meta.ood.is_ood(o.derived[meta.ood.score]).mean())
+             for split, o in hydra.items() if split == "test" or split.startswith("ood/")}
+    return {"score": meta.ood.score, "alpha": meta.ood.alpha, "threshold": meta.ood.threshold,
+            "n_calibration": meta.ood.n_calibration, "flag_rate": rates,
+            "drift_bins": {c: len(r.expected) for c, r in meta.drift.items()}}
+

@@ -1,0 +1,162 @@
+"""The evaluation report: ``report.json`` (every number), ``report.md`` (the tables a reader
+wants) and PNG plots, ensemble vs KD vs Hydra side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from training.data import Dataset  # noqa: E402
+
+MODELS = ("ensemble", "kd", "hydra")
+COLORS = {"ensemble": "tab:blue", "kd": "tab:orange", "hydra": "tab:green"}
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "undefined"
+    if isinstance(v, bool):
+        return "yes" if v else "**no**"
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.{digits}f}"
+    return str(v)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return out + [""]
+
+
+def markdown(report: dict[str, Any]) -> str:
+    models = [m for m in MODELS if m in report["test"]]
+    lines = [f"# Evaluation report: {report.get('name', '')}", "",
+             f"Task: {report['task']}. Device: {report.get('device', '?')} "
+             f"(world size {report.get('world_size', 1)}). Created {report.get('created', '?')}.", ""]
+    metric_names = list(next(iter(report["test"].values())).keys())
+    lines += ["## Test set", ""]
+    lines += _table(["model", *metric_names], [[m, *report["test"][m].values()] for m in models])
+    p = report["parameters"]
+    lines += ["## Parameters", ""]
+    lines += _table(["model", "parameters"], [[k, v] for k, v in p.items()])
+    if "member" in p:
+        lines += [f"Hydra has {p['hydra'] / p['member']:.2f}x the parameters of one member "
+                  f"and {p['hydra'] / p['ensemble']:.3f}x those of the ensemble.", ""]
+    if "goals" in report and report["goals"]:
+        lines += ["## Goals", ""]
+        lines += _table(["goal", "value", "target", "met"],
+                        [[k, g["value"], g["target"], g["met"]] for k, g in report["goals"].items()])
+    if "fidelity" in report:
+        lines += ["## Fidelity to the ensemble's uncertainty (per input)", "",
+                  "Mean absolute error and Spearman correlation between each student's and the "
+                  "ensemble's uncertainty. The KD student has one head, so its model uncertainty is "
+                  "identically 0 and its Spearman correlation is undefined.", ""]
+        rows = []
+        for student in ("hydra", "kd"):
+            for split, comps in report["fidelity"][student].items():
+                rows.append([student, split] + [x for c in ("total", "data", "model")
+                                                for x in (comps[c]["mae"], comps[c]["spearman"])])
+        lines += _table(["student", "split", "total MAE", "total ρ", "data MAE", "data ρ",
+                         "model MAE", "model ρ"], rows)
+    lines += ["## OOD detection (test set vs OOD set)", ""]
+    rows = []
+    for ood, entry in report["ood_detection"].items():
+        for m in models:
+            for score, v in entry[m].items():
+                rows.append([ood, m, score, v["auroc"], v["aupr"], v["fpr_at_95_tpr"]])
+    lines += _table(["OOD set", "model", "score", "AUROC", "AUPR", "FPR@95%TPR"], rows)
+    if "calibration" in report and report["calibration"]:
+        c = report["calibration"]
+        lines += ["## OOD calibration (Hydra)", "",
+                  f"Score {c['score']}, threshold {c['threshold']:.5g} at target false-positive rate "
+                  f"{c['alpha']} from {c['n_calibration']} calibration inputs never trained on.", ""]
+        lines += _table(["split", "flagged as OOD"], [[k, v] for k, v in c["flag_rate"].items()])
+    lines += ["## Covariate shift (test inputs corrupted with increasing intensity)", ""]
+    first = next(iter(report["shift"].values()))
+    cols = list(first[models[0]].keys())
+    lines += _table(["intensity", "model", *cols],
+                    [[lvl, m, *vals[m].values()] for lvl, vals in report["shift"].items() for m in models])
+    if "per_head" in report:
+        lines += ["## Hydra heads", ""]
+        ph = report["per_head"]["hydra"]
+        keys = list(ph.keys())
+        lines += _table(["head", *keys], [[i, *(ph[k][i] for k in keys)] for i in range(len(ph[keys[0]]))])
+    if "export" in report:
+        lines += ["## Export", ""]
+        for f, e in report["export"].items():
+            worst = max(max(d.values()) for d in e["max_abs_diff"].values())
+            lines.append(f"- `{f}`: {e['bytes']} bytes, opset {e['opset']}, ONNX Runtime vs PyTorch "
+                         f"max |diff| {worst:.2e} over every output (allowed {e['atol']} + {e['rtol']}·|x|).")
+        lines.append("")
+    lines += ["Plots: `reliability.png`, `uncertainty_hist.png`, `model_uncertainty_scatter.png`, `shift.png`.", ""]
+    return "\n".join(lines)
+
+
+def _plots(report: dict[str, Any], outputs: dict[str, Any], data: Dataset, folder: Path) -> None:
+    models = [m for m in MODELS if m in outputs]
+    if "reliability" in report:
+        fig, ax = plt.subplots(figsize=(5, 5))
+        ax.plot([0, 1], [0, 1], "k:", lw=1)
+        for m in models:
+            r = report["reliability"][m]
+            ax.plot(r["confidence"], r["accuracy"], "o-", color=COLORS[m], label=m)
+        ax.set(xlabel="confidence", ylabel="accuracy", title="Reliability (test)")
+        ax.legend()
+        fig.savefig(folder / "reliability.png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+
+    shown = [m for m in ("ensemble", "hydra") if m in outputs]
+    fig, axes = plt.subplots(1, len(shown), figsize=(5 * len(shown), 4), squeeze=False)
+    for ax, m in zip(axes[0], shown):
+        sets = {"test": outputs[m]["test"]} | {k: v for k, v in outputs[m].items() if k.startswith("ood/")}
+        allv = np.concatenate([o.derived["model_uncertainty"] for o in sets.values()])
+        bins = np.linspace(0, max(float(allv.max()), 1e-6), 40)
+        for name, o in sets.items():
+            ax.hist(o.derived["model_uncertainty"], bins=bins, histtype="step", density=True, label=name)
+        ax.set(title=f"{m}: model uncertainty", xlabel="model uncertainty", ylabel="density", yscale="log")
+        ax.legend(fontsize=7)
+    fig.savefig(folder / "uncertainty_hist.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+    if "ensemble" in outputs:
+        fig, ax = plt.subplots(figsize=(5, 5))
+        for split in ["test", *(k for k in outputs["hydra"] if k.startswith("ood/"))]:
+            ax.scatter(outputs["ensemble"][split].derived["model_uncertainty"],
+                       outputs["hydra"][split].derived["model_uncertainty"], s=4, alpha=0.5, label=split)
+        top = max(float(outputs["ensemble"]["test"].derived["model_uncertainty"].max()), 1e-3)
+        ax.plot([0, top * 4], [0, top * 4], "k:", lw=1)
+        ax.set(xlabel="ensemble model uncertainty", ylabel="hydra model uncertainty",
+               title="Per-input model uncertainty")
+        ax.legend(fontsize=7)
+        fig.savefig(folder / "model_uncertainty_scatter.png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+
+    levels = list(report["shift"].keys())
+    quality = "accuracy" if data.task == "classification" else "rmse"
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for m in models:
+        x = [float(lvl) for lvl in levels]
+        axes[0].plot(x, [report["shift"][lvl][m][quality] for lvl in levels], "o-", color=COLORS[m], label=m)
+        axes[1].plot(x, [report["shift"][lvl][m]["mean_total_uncertainty"] for lvl in levels], "o-", color=COLORS[m], label=m)
+        axes[2].plot(x, [report["shift"][lvl][m]["mean_model_uncertainty"] for lvl in levels], "o-", color=COLORS[m], label=m)
+    for ax, title in zip(axes, (quality, "mean total uncertainty", "mean model uncertainty")):
+        ax.set(xlabel="shift intensity", title=title)
+        ax.legend()
+    fig.savefig(folder / "shift.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def write_report(report: dict[str, Any], outputs: dict[str, Any], data: Dataset, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True, allow_nan=True))
+    (folder / "report.md").write_text(markdown(report))
+    _plots(report, outputs, data, folder)

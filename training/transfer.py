@@ -1,0 +1,66 @@
+"""The transfer set: inputs on which the student imitates the teachers.
+
+Members agree on the inputs they were trained on, so distilling only there passes on little
+of their disagreement (Nam et al. 2021, "Diversity Matters When Learning From Ensembles").
+Besides the training inputs we add noisy copies, mixup blends, uniform noise, and inputs
+pushed by a few signed-gradient steps toward more member disagreement.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from training.config import TransferConfig
+from training.networks import Ensemble
+from training.runtime import Runtime
+from training.uncertainty import derived_outputs
+
+log = logging.getLogger(__name__)
+
+
+def _disagreement_ascent(teacher: Ensemble, z: torch.Tensor, cfg: TransferConfig, rt: Runtime) -> torch.Tensor:
+    """Normalized inputs [N, d] moved by sign-gradient steps raising model uncertainty."""
+    out = []
+    for i in range(0, z.shape[0], 512):
+        zb = z[i : i + 512].to(rt.device).clone()
+        for _ in range(cfg.perturb_steps):
+            zb.requires_grad_(True)
+            score = derived_outputs(teacher.spec.task, teacher.forward_normalized(zb))["model_uncertainty"]
+            (grad,) = torch.autograd.grad(score.sum(), zb)
+            zb = (zb + cfg.perturb_step_size * grad.sign()).detach()
+        out.append(zb.cpu())
+    return torch.cat(out)
+
+
+def build_transfer_inputs(X_train: np.ndarray, teacher: Ensemble, cfg: TransferConfig,
+                          rt: Runtime) -> tuple[np.ndarray, np.ndarray]:
+    """Raw transfer inputs [N', *feature_shape] and a mask [N'] of the original training rows."""
+    rng = np.random.default_rng(cfg.seed)
+    n = X_train.shape[0]
+    shape = X_train.shape[1:]
+    flat = X_train.reshape(n, -1)
+    mean = teacher.members[0].x_mean.cpu().numpy()
+    std = teacher.members[0].x_std.cpu().numpy()
+    parts = [flat]
+    for _ in range(cfg.copies if (cfg.noise_std > 0 or cfg.mixup_alpha > 0 or cfg.perturb_steps > 0) else 0):
+        z = (flat - mean) / std  # [n, d]
+        if cfg.mixup_alpha > 0:
+            lam = rng.beta(cfg.mixup_alpha, cfg.mixup_alpha, size=(n, 1))
+            z = lam * z + (1 - lam) * z[rng.permutation(n)]
+        if cfg.noise_std > 0:
+            z = z + rng.normal(0.0, cfg.noise_std, size=z.shape)
+        if cfg.perturb_steps > 0:
+            z = _disagreement_ascent(teacher, torch.as_tensor(z, dtype=torch.float32), cfg, rt).numpy()
+        parts.append(z * std + mean)
+    if cfg.uniform_fraction > 0:
+        lo, hi = flat.min(axis=0), flat.max(axis=0)
+        k = int(round(cfg.uniform_fraction * n))
+        parts.append(rng.uniform(lo, hi, size=(k, flat.shape[1])))
+    X = np.concatenate(parts).astype(np.float32).reshape(-1, *shape)
+    original = np.zeros(X.shape[0], dtype=bool)
+    original[:n] = True
+    log.info("transfer set: %d inputs (%d training, %d added)", X.shape[0], n, X.shape[0] - n)
+    return X, original
