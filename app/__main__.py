@@ -1,0 +1,51 @@
+"""``hydra-serve``: read the settings, set up logging (and multiprocess metrics), run uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+
+import uvicorn
+from pydantic import ValidationError
+
+from app.logs import configure_logging
+from app.settings import Settings
+
+logger = logging.getLogger("app")
+
+
+def main() -> None:
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        sys.exit(f"hydra-serve: invalid settings (HYDRA_* environment variables):\n{exc}")
+    configure_logging(settings.log_level, settings.log_format)
+    common = dict(
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=max(1, int(settings.request_timeout_s) + 1),
+    )
+    if settings.workers == 1:
+        from app.main import create_app
+
+        uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
+        return
+    # Several workers: every process writes its metrics to one directory, which /metrics
+    # merges. It must exist (and be empty) before any worker imports prometheus_client.
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="hydra-metrics-")
+    logger.info(
+        "starting %d workers; metrics merged from %s",
+        settings.workers, os.environ["PROMETHEUS_MULTIPROC_DIR"],
+    )
+    uvicorn.run(
+        "app.main:create_app_from_env", factory=True, workers=settings.workers, **common  # type: ignore[arg-type]
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""KServe V1 style endpoints: rich per-instance predictions with uncertainty and OOD."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+
+from app.deps import ApiKey, RepositoryDep, SettingsDep, note_request
+from app.http import OrjsonResponse
+from app.repository import ServedModel
+from app.runtime import Outputs
+from app.schemas import V1Error, V1PredictRequest, V1PredictResponse
+from app.tensors import instances_to_batch
+
+router = APIRouter(prefix="/v1", tags=["v1"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": V1Error} for code in (400, 401, 403, 404, 413, 503, 504)
+}
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def predictions(served: ServedModel, out: Outputs, return_heads: bool) -> list[dict[str, Any]]:
+    """One dict per instance; arrays are turned into lists once per batch, not per value."""
+    meta = served.model.meta
+    calibration = meta.ood
+    n = len(out["total_uncertainty"])
+    total = out["total_uncertainty"].tolist()
+    data = out["data_uncertainty"].tolist()
+    model_u = out["model_uncertainty"].tolist()
+    disagreement = out["head_disagreement"].tolist()
+    is_ood = out["is_ood"].tolist()
+    score = out[calibration.score].tolist() if calibration else out["model_uncertainty"].tolist()
+    p_value = out["ood_p_value"].tolist() if calibration else [None] * n
+    threshold = calibration.threshold if calibration else None
+    heads = [out[f"head_{m}"] for m in range(meta.num_heads)]
+    preds: list[dict[str, Any]] = []
+    if meta.task == "classification":
+        probs = out["mean_probs"].tolist()
+        classes = out["predicted_class"].tolist()
+        rate = out["disagreement_rate"].tolist()
+        head_probs = _softmax(np.stack(heads, axis=1)).tolist() if return_heads else None  # [B, M, C]
+        for i in range(n):
+            k = classes[i]
+            pred: dict[str, Any] = {
+                "label": meta.class_labels[k],
+                "class_index": k,
+                "probabilities": probs[i],
+                "total_uncertainty": total[i],
+                "data_uncertainty": data[i],
+                "model_uncertainty": model_u[i],
+                "head_disagreement": disagreement[i],
+                "disagreement_rate": rate[i],
+                "ood": {"is_ood": is_ood[i], "score": score[i], "threshold": threshold, "p_value": p_value[i]},
+            }
+            if head_probs is not None:
+                pred["head_probabilities"] = head_probs[i]
+            preds.append(pred)
+        return preds
+    mean = out["mean"].tolist()
+    variance = out["variance"].tolist()
+    stacked = np.stack(heads, axis=1).tolist() if return_heads else None  # [B, M, 2, D]
+    for i in range(n):
+        pred = {
+            "mean": mean[i],
+            "variance": variance[i],
+            "total_uncertainty": total[i],
+            "data_uncertainty": data[i],
+            "model_uncertainty": model_u[i],
+            "head_disagreement": disagreement[i],
+            "ood": {"is_ood": is_ood[i], "score": score[i], "threshold": threshold, "p_value": p_value[i]},
+        }
+        if stacked is not None:
+            pred["heads"] = [{"mean": h[0], "variance": h[1]} for h in stacked[i]]
+        preds.append(pred)
+    return preds
+
+
+@router.post(
+    "/models/{name}:predict",
+    response_model=V1PredictResponse,
+    response_class=OrjsonResponse,
+    responses=ERRORS,
+    dependencies=[ApiKey],
+    summary="Predict with uncertainty and OOD flags",
+)
+async def predict(
+    name: str, body: V1PredictRequest, request: Request, repo: RepositoryDep, settings: SettingsDep
+) -> OrjsonResponse:
+    served = repo.get(name)
+    model = served.model
+    batch = instances_to_batch(body.instances, model.meta.feature_shape, settings.max_instances)
+    note_request(request, name, model.version, len(batch))
+    out = await served.batcher.submit(batch, settings.request_timeout_s)
+    return OrjsonResponse(
+        {
+            "model_name": name,
+            "model_version": str(model.version),
+            "predictions": predictions(served, out, body.parameters.return_heads),
+        }
+    )
+
+
+@router.get("/models", summary="Models served")
+async def list_models(repo: RepositoryDep) -> dict[str, list[str]]:
+    return {"models": repo.names()}
+
+
+@router.get("/models/{name}", responses=ERRORS, summary="Model status")
+async def model_status(name: str, repo: RepositoryDep) -> dict[str, Any]:
+    served = repo.get(name)
+    model = served.model
+    return {
+        "name": name,
+        "ready": True,  # only warmed-up versions are ever in the table
+        "version": str(model.version),
+        "versions": [str(v) for v in repo.versions(name)],
+        "provider": model.provider,
+        "sha256": model.sha256,
+        "input_shape": model.input_shape,
+        "metadata": model.meta.summary(),
+        "queue_depth": served.batcher.depth,
+    }

@@ -1,0 +1,243 @@
+"""Open Inference Protocol (KServe V2 / Triton HTTP): health, metadata, readiness, inference.
+
+Supports the binary tensor data extension (``Inference-Header-Content-Length``), which the
+Triton client libraries use by default. Errors are ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.metadata import PackageNotFoundError, version as package_version
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+from app.contract import expected_output_shapes
+from app.deps import ApiKey, RepositoryDep, SettingsDep, note_request, parse_version
+from app.errors import InvalidInput, InvalidJson
+from app.http import OrjsonResponse
+from app.repository import ServedModel
+from app.schemas import V2Error, V2InferRequest, V2InferResponse, V2ModelMetadata
+from app.tensors import tensor_to_batch
+
+router = APIRouter(prefix="/v2", tags=["v2"])
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": V2Error} for code in (400, 401, 403, 404, 413, 503, 504)
+}
+HEADER_LENGTH = "inference-header-content-length"
+DATATYPES = {"f": "FP32", "i": "INT64", "b": "BOOL"}
+PLATFORM = "onnxruntime_onnx"
+
+try:
+    SERVER_VERSION = package_version("hydra-serving")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    SERVER_VERSION = "0"
+
+
+def output_specs(served: ServedModel) -> dict[str, tuple[str, list[int]]]:
+    """Every output the V2 endpoint can return: name -> (datatype, shape with -1 for batch)."""
+    meta = served.model.meta
+    specs: dict[str, tuple[str, list[int]]] = {}
+    for name, shape in expected_output_shapes(meta).items():
+        specs[name] = ("FP32", [-1 if d == "batch" else int(d) for d in shape])
+    ordered = {n: specs[n] for n in meta.output_names}
+    if meta.task == "classification":
+        ordered["predicted_class"] = ("INT64", [-1])
+    ordered["is_ood"] = ("BOOL", [-1])
+    return ordered
+
+
+def _metadata(served: ServedModel, versions: list[int]) -> dict[str, Any]:
+    model = served.model
+    return {
+        "name": model.name,
+        "versions": [str(v) for v in versions],
+        "platform": PLATFORM,
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": model.input_shape}],
+        "outputs": [
+            {"name": n, "datatype": dt, "shape": shape} for n, (dt, shape) in output_specs(served).items()
+        ],
+        "parameters": {
+            "version": str(model.version),
+            "provider": model.provider,
+            "sha256": model.sha256,
+            "hydra": model.meta.summary(),
+        },
+    }
+
+
+@router.get("", summary="Server metadata")
+async def server_metadata() -> dict[str, Any]:
+    return {"name": "hydra-serving", "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]}
+
+
+@router.get("/health/live", summary="Liveness: the process answers")
+async def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/health/ready", summary="Readiness: models loaded and warmed up",
+            responses={503: {"description": "not ready"}})
+async def ready(repo: RepositoryDep) -> OrjsonResponse:
+    is_ready = repo.ready
+    body = {"ready": is_ready, "models": {n: [str(v) for v in repo.versions(n)] for n in repo.names()}}
+    return OrjsonResponse(body, status_code=200 if is_ready else 503)
+
+
+def _served(repo: RepositoryDep, name: str, version: str | None) -> ServedModel:
+    return repo.get(name, None if version is None else parse_version(version))
+
+
+@router.get("/models/{name}", response_model=V2ModelMetadata, responses=ERRORS, summary="Model metadata")
+async def model_metadata(name: str, repo: RepositoryDep) -> dict[str, Any]:
+    return _metadata(_served(repo, name, None), repo.versions(name))
+
+
+@router.get("/models/{name}/versions/{version}", response_model=V2ModelMetadata, responses=ERRORS,
+            summary="Model version metadata")
+async def model_version_metadata(name: str, version: str, repo: RepositoryDep) -> dict[str, Any]:
+    return _metadata(_served(repo, name, version), repo.versions(name))
+
+
+def _ready_body(served: ServedModel) -> dict[str, Any]:
+    m = served.model
+    return {"name": m.name, "version": str(m.version), "ready": True, "provider": m.provider}
+
+
+@router.get("/models/{name}/ready", responses=ERRORS, summary="Model readiness")
+async def model_ready(name: str, repo: RepositoryDep) -> dict[str, Any]:
+    return _ready_body(_served(repo, name, None))
+
+
+@router.get("/models/{name}/versions/{version}/ready", responses=ERRORS, summary="Model version readiness")
+async def model_version_ready(name: str, version: str, repo: RepositoryDep) -> dict[str, Any]:
+    return _ready_body(_served(repo, name, version))
+
+
+_INFER_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        # The schema itself is added to components in app.main (FastAPI does not see it).
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/V2InferRequest"}}},
+    }
+}
+
+
+def _parse_json(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    try:  # the standard parser also takes NaN/Infinity, so they are refused as non-finite
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidJson(f"request body: a JSON object expected, got invalid JSON ({exc})") from exc
+
+
+def _parse_request(raw: bytes, header_length: str | None) -> tuple[V2InferRequest, bytes]:
+    binary = b""
+    if header_length is not None:
+        try:
+            n = int(header_length)
+        except ValueError as exc:
+            raise InvalidInput(
+                f"Inference-Header-Content-Length: an integer expected, got {header_length[:20]!r}"
+            ) from exc
+        if not 0 <= n <= len(raw):
+            raise InvalidInput(
+                f"Inference-Header-Content-Length: 0..{len(raw)} expected, got {n}"
+            )
+        raw, binary = raw[:n], raw[n:]
+    obj = _parse_json(raw)
+    if not isinstance(obj, dict):
+        raise InvalidInput(f"request body: a JSON object expected, got {type(obj).__name__}")
+    try:
+        return V2InferRequest.model_validate(obj), binary
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidInput(
+            f"inference request: {where}: {first['msg']} (an object with 'inputs': "
+            "[{name, shape, datatype, data}] expected)"
+        ) from exc
+
+
+async def _infer(name: str, version: str | None, request: Request, repo: RepositoryDep,
+                 settings: SettingsDep) -> Response:
+    served = _served(repo, name, version)
+    model = served.model
+    req, binary = _parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
+    names = [t.name for t in req.inputs]
+    if names != ["input"]:
+        raise InvalidInput(f"one input named 'input' expected, got {names}")
+    tensor = req.inputs[0]
+    if tensor.datatype != "FP32":
+        raise InvalidInput(f"input 'input': datatype FP32 expected, got {tensor.datatype!r}")
+    chunk: bytes | None = None
+    size = (tensor.parameters or {}).get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or size != len(binary):
+            raise InvalidInput(
+                f"input 'input': binary_data_size {len(binary)} expected (bytes after the JSON "
+                f"header), got {size!r}"
+            )
+        chunk = binary
+    batch = tensor_to_batch(
+        tensor.data, tensor.shape, model.meta.feature_shape, settings.max_instances, binary=chunk
+    )
+    specs = output_specs(served)
+    params = req.parameters or {}
+    all_binary = bool(params.get("binary_data_output", False))
+    if req.outputs:
+        wanted = [(o.name, bool((o.parameters or {}).get("binary_data", all_binary))) for o in req.outputs]
+        unknown = [n for n, _ in wanted if n not in specs]
+        if unknown:
+            raise InvalidInput(f"unknown output {unknown}; expected names among {list(specs)}")
+    else:
+        wanted = [(n, all_binary) for n in specs]
+    note_request(request, name, model.version, len(batch))
+    out = await served.batcher.submit(batch, settings.request_timeout_s)
+
+    tensors: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for out_name, as_binary in wanted:
+        arr = out[out_name]
+        datatype = DATATYPES[arr.dtype.kind]
+        arr = arr.astype({"FP32": "<f4", "INT64": "<i8", "BOOL": "?"}[datatype], copy=False)
+        entry: dict[str, Any] = {"name": out_name, "datatype": datatype, "shape": list(arr.shape)}
+        if as_binary:
+            blob = np.ascontiguousarray(arr).tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = arr.ravel()
+        tensors.append(entry)
+    body: dict[str, Any] = {"model_name": name, "model_version": str(model.version), "outputs": tensors}
+    if req.id is not None:
+        body["id"] = req.id
+    if not blobs:
+        return OrjsonResponse(body)
+    header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(
+        header + b"".join(blobs),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+
+
+@router.post("/models/{name}/infer", response_model=V2InferResponse, responses=ERRORS,
+             dependencies=[ApiKey], openapi_extra=_INFER_DOC, summary="Inference")
+async def infer(name: str, request: Request, repo: RepositoryDep, settings: SettingsDep) -> Response:
+    return await _infer(name, None, request, repo, settings)
+
+
+@router.post("/models/{name}/versions/{version}/infer", response_model=V2InferResponse,
+             responses=ERRORS, dependencies=[ApiKey], openapi_extra=_INFER_DOC,
+             summary="Inference on a given version")
+async def infer_version(name: str, version: str, request: Request, repo: RepositoryDep,
+                        settings: SettingsDep) -> Response:
+    return await _infer(name, version, request, repo, settings)
