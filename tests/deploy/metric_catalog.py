@@ -1,0 +1,62 @@
+"""The service's metric names as shared/DESIGN.md lists them, and names read from /metrics.
+
+Rules and dashboards may only read these (with the series suffixes their types produce),
+the rules' own recorded names, and Prometheus' `up`. The live test checks this catalogue
+against the running service, so it cannot silently drift from what is really exported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+# name -> Prometheus type (DESIGN.md, "Prometheus metrics"); counters without `_total`.
+DESIGN_METRICS: dict[str, str] = {
+    "hydra_http_requests": "counter",
+    "hydra_http_request_duration_seconds": "histogram",
+    "hydra_predictions": "counter",
+    "hydra_ood_predictions": "counter",
+    "hydra_total_uncertainty": "histogram",
+    "hydra_data_uncertainty": "histogram",
+    "hydra_model_uncertainty": "histogram",
+    "hydra_uncertainty_drift_psi": "gauge",
+    "hydra_inference_batch_size": "histogram",
+    "hydra_inference_duration_seconds": "histogram",
+    "hydra_queue_wait_seconds": "histogram",
+    "hydra_queue_depth": "gauge",
+    "hydra_model_info": "gauge",
+}
+
+# Series Prometheus adds itself for every target.
+SCRAPE_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
+
+_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "summary": ("", "_sum", "_count", "_created"),
+    "gauge": ("",),
+    "info": ("_info",),
+}
+
+
+def series_names(families: Iterable[tuple[str, str]]) -> set[str]:
+    """Series names that metric families (name, type) produce in the exposition format."""
+    names = set()
+    for name, kind in families:
+        for suffix in _SUFFIXES.get(kind, ("",)):
+            names.add(name + suffix)
+    return names
+
+
+def design_series() -> set[str]:
+    return series_names(DESIGN_METRICS.items())
+
+
+def live_series(exposition: str) -> set[str]:
+    """Series names in a /metrics body: every sample's name and what each family declares."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    names = set()
+    for family in text_string_to_metric_families(exposition):
+        names |= series_names([(family.name, family.type)])
+        names |= {sample.name for sample in family.samples}
+    return names
