@@ -1,0 +1,108 @@
+"""Against the real service: every metric the rules and the dashboard read is one that
+/metrics really exports (or a recording rule), and the labels they filter on exist."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+from metric_catalog import SCRAPE_SERIES, design_series, live_series
+from model_repo import MODEL_NAME, build_repository
+from monitoring_files import as_promql, dashboard_queries, load_dashboard, load_rules
+from promql_names import metric_names
+
+DASHBOARD = Path("docker/grafana/dashboards/hydra-uncertainty.json")
+
+
+@pytest.fixture(scope="module")
+def exposition(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """/metrics of a service that loaded a model and answered in- and out-of-distribution traffic."""
+    from fastapi.testclient import TestClient
+    from prometheus_client import CollectorRegistry
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    root = tmp_path_factory.mktemp("models")
+    inputs = build_repository(root)
+    settings = Settings(
+        repository=root, providers=["CPUExecutionProvider"], drift_window=50, drift_min_samples=20,
+        poll_interval_s=0.2,
+    )
+    with TestClient(create_app(settings, CollectorRegistry())) as client:
+        deadline = time.monotonic() + 30
+        while client.get("/v2/health/ready").status_code != 200:
+            assert time.monotonic() < deadline, "the service did not become ready in 30 s"
+            time.sleep(0.1)
+        for batch in (inputs["in_distribution"][:40], inputs["ood"][:40]):
+            response = client.post(f"/v1/models/{MODEL_NAME}:predict", json={"instances": batch.tolist()})
+            assert response.status_code == 200, response.text
+        v2 = {"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32",
+                          "data": inputs["ood"][:2].ravel().tolist()}]}
+        assert client.post(f"/v2/models/{MODEL_NAME}/infer", json=v2).status_code == 200
+        assert client.post(f"/v1/models/{MODEL_NAME}:predict", json={"instances": [[1.0]]}).status_code == 400
+        response = client.get("/metrics")
+        assert response.status_code == 200
+        return response.text
+
+
+def recorded(repo: Path) -> set[str]:
+    return {r.name for r in load_rules(repo / "docker" / "rules") if r.kind == "record"}
+
+
+def test_design_catalogue_is_what_the_service_exports(exposition: str) -> None:
+    missing = design_series() - live_series(exposition) - {n for n in design_series() if n.endswith("_created")}
+    assert missing == set()
+
+
+def test_dashboard_queries_name_live_metrics(repo: Path, exposition: str) -> None:
+    known = live_series(exposition) | recorded(repo) | SCRAPE_SERIES
+    unknown = {
+        where: missing
+        for where, expr in dashboard_queries(load_dashboard(repo / DASHBOARD))
+        if (missing := metric_names(as_promql(expr)) - known)
+    }
+    assert unknown == {}
+
+
+def test_rules_name_live_metrics(repo: Path, exposition: str) -> None:
+    known = live_series(exposition) | recorded(repo) | SCRAPE_SERIES
+    unknown = {
+        r.name: missing for r in load_rules(repo / "docker" / "rules")
+        if (missing := metric_names(r.expr) - known)
+    }
+    assert unknown == {}
+
+
+def test_live_check_catches_a_metric_the_service_does_not_export(exposition: str) -> None:
+    known = live_series(exposition)
+    assert "hydra_queue_depth" in known
+    assert metric_names("sum(hydra_queue_length)") - known == {"hydra_queue_length"}
+
+
+def _samples(exposition: str, name: str) -> list[dict[str, str]]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [
+        s.labels for f in text_string_to_metric_families(exposition) for s in f.samples if s.name == name
+    ]
+
+
+def test_label_values_the_rules_filter_on_exist(exposition: str) -> None:
+    # HydraModelUncertaintyDrift: component="model".
+    components = {s["component"] for s in _samples(exposition, "hydra_uncertainty_drift_psi")}
+    assert {"total", "data", "model"} <= components
+    # HydraPredictionLatencyHigh: route=~".*(:predict|/infer)" must match the route labels.
+    routes = {s["route"] for s in _samples(exposition, "hydra_http_request_duration_seconds_bucket")}
+    assert {r for r in routes if re.fullmatch(r".*(:predict|/infer)", r)} == {
+        "/v1/models/{name}:predict", "/v2/models/{name}/infer"
+    }
+    # HydraModelOnCpu: provider="CPUExecutionProvider"; the OOD rules: model and version.
+    info = _samples(exposition, "hydra_model_info")
+    assert [(i["model"], i["provider"]) for i in info] == [(MODEL_NAME, "CPUExecutionProvider")]
+    statuses = {s["status"] for s in _samples(exposition, "hydra_http_requests_total")}
+    assert {"200", "400"} <= statuses
+    ood = _samples(exposition, "hydra_ood_predictions_total")
+    assert ood and all(set(s) == {"model", "version"} for s in ood)
