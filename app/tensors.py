@@ -72,7 +72,8 @@ def instances_to_batch(
             f"each instance must have shape {list(feature_shape)} (or be a flat list of {flat} "
             f"numbers), got shape {list(per)}"
         )
-    batch = np.ascontiguousarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused just below
+        batch = np.ascontiguousarray(arr, dtype=np.float32)
     return check_finite(batch, "'instances'")
 
 
@@ -105,5 +106,6 @@ def tensor_to_batch(
             raise InvalidInput(
                 f"input 'input': {count} values expected for shape {shape}, got {arr.size}"
             )
-    batch = np.ascontiguousarray(arr.reshape(shape), dtype=np.float32)
+    with np.errstate(over="ignore"):
+        batch = np.ascontiguousarray(arr.reshape(shape), dtype=np.float32)
     return check_finite(batch, "input 'input'")

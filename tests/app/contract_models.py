@@ -62,8 +62,11 @@ def _ridge(feats: FloatArray, targets: FloatArray, lam: float) -> tuple[FloatArr
     return w.astype(np.float32), (mu_t - mu_f @ w).astype(np.float32)
 
 
-def _body(g: _Graph, x_mean: FloatArray, x_scale: FloatArray, w1: FloatArray, b1: FloatArray) -> str:
-    z = g.op("Div", g.op("Sub", INPUT_NAME, g.const(x_mean)), g.const(x_scale))  # [B, F]
+def _body(
+    g: _Graph, x_mean: FloatArray, x_scale: FloatArray, w1: FloatArray, b1: FloatArray, nested: bool = False
+) -> str:
+    x = g.op("Flatten", INPUT_NAME, axis=1) if nested else INPUT_NAME  # [B, F]
+    z = g.op("Div", g.op("Sub", x, g.const(x_mean)), g.const(x_scale))  # [B, F]
     return g.op("Tanh", g.op("Add", g.op("MatMul", z, g.const(w1)), g.const(b1)))  # [B, H]
 
 
@@ -71,11 +74,13 @@ def _features(x: FloatArray, x_mean: FloatArray, x_scale: FloatArray, w1: FloatA
     return np.tanh(((x - x_mean) / x_scale) @ w1 + b1).astype(np.float32)
 
 
-def _finish(g: _Graph, feature_dim: int, outputs: dict[str, list[int | str]]) -> onnx.ModelProto:
+def _finish(
+    g: _Graph, feature_shape: tuple[int, ...], outputs: dict[str, list[int | str]]
+) -> onnx.ModelProto:
     graph = helper.make_graph(
         g.nodes,
         "contract_model",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", feature_dim])],
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", *feature_shape])],
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs.items()],
         g.inits,
     )
@@ -116,10 +121,13 @@ def build_classifier(
     seed: int = 0,
     alpha: float = 0.05,
     poison: bool = False,
+    feature_shape: tuple[int, ...] | None = None,
 ) -> BuiltModel:
-    """A classifier over flat features [F] (raw values; normalisation in the graph).
+    """A classifier over features [F] (raw values; normalisation in the graph).
 
-    ``poison`` multiplies the logits by NaN: structurally valid, fails any warm-up.
+    ``feature_shape`` declares the input as [B, *feature_shape] (flattened in the graph;
+    prod must be F), e.g. (8, 8) for digits. ``poison`` multiplies the logits by NaN:
+    structurally valid, fails any warm-up.
     """
     rng = np.random.default_rng(seed)
     x = np.asarray(train_x, dtype=np.float32)
@@ -133,8 +141,9 @@ def build_classifier(
     feats = _features(x, x_mean, x_scale, w1, b1)
     onehot = np.eye(classes, dtype=np.float32)[y] * 2.0 - 1.0
 
+    shape = feature_shape or (f,)
     g = _Graph()
-    body = _body(g, x_mean, x_scale, w1, b1)
+    body = _body(g, x_mean, x_scale, w1, b1, nested=len(shape) > 1)
     heads = []
     for m in range(num_heads):
         rows = rng.integers(0, n, size=n)  # bootstrap sample
@@ -170,16 +179,17 @@ def build_classifier(
     meta = ModelMetadata(
         task="classification",
         num_heads=num_heads,
-        feature_shape=(f,),
+        feature_shape=shape,
         class_labels=tuple(str(c) for c in range(classes)),
         preprocessing={"input": "raw features; standardised inside the graph"},
         training={"source": "tests/app/contract_models.py", "seed": seed},
     )
     outputs = {n: list(s) for n, s in _shapes(meta).items()}
-    model = _finish(g, f, outputs)
+    model = _finish(g, shape, outputs)
     if poison:
         return BuiltModel(_attach(model, meta), meta)
-    ood, drift = _calibration(model, np.asarray(calib_x, dtype=np.float32), alpha)
+    calib = np.asarray(calib_x, dtype=np.float32).reshape(-1, *shape)
+    ood, drift = _calibration(model, calib, alpha)
     meta = ModelMetadata(**{**meta.__dict__, "ood": ood, "drift": drift})
     return BuiltModel(_attach(model, meta), meta)
 
@@ -244,7 +254,7 @@ def build_regressor(
         output_dim=d,
         training={"source": "tests/app/contract_models.py", "seed": seed},
     )
-    model = _finish(g, f, {n: list(s) for n, s in _shapes(meta).items()})
+    model = _finish(g, (f,), {n: list(s) for n, s in _shapes(meta).items()})
     ood, drift = _calibration(model, np.asarray(calib_x, dtype=np.float32), alpha)
     meta = ModelMetadata(**{**meta.__dict__, "ood": ood, "drift": drift})
     return BuiltModel(_attach(model, meta), meta)
