@@ -1,0 +1,208 @@
+"""End to end on this machine: the service and a real Prometheus running the project's own
+prometheus.yml and rule files. In-distribution traffic first (no alert), then OOD traffic,
+until the OOD-rate and drift alerts are `firing` in Prometheus' /api/v1/alerts.
+
+Only what a test must change is rewritten, in tmp_path: the targets (127.0.0.1 and free
+ports), the scrape and evaluation intervals (1 s) and the alerts' `for:` durations (2 s).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+from model_repo import MODEL_NAME, build_repository
+
+pytestmark = [pytest.mark.slow, pytest.mark.prometheus]
+
+SHORT_FOR = "2s"
+BUDGET_S = 90.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def prometheus_setup(repo: Path, dest: Path, service_port: int, prometheus_port: int) -> Path:
+    """The project's Prometheus files under dest, adjusted for a local run; returns the config."""
+    docker = repo / "docker"
+    dest.mkdir()
+    config = yaml.safe_load((docker / "prometheus.yml").read_text())
+    config["global"]["scrape_interval"] = "1s"
+    config["global"]["evaluation_interval"] = "1s"
+    for job in config["scrape_configs"]:
+        if "scrape_timeout" in job:
+            job["scrape_timeout"] = "1s"
+        for static in job.get("static_configs", []):
+            static["targets"] = [t.replace("localhost:9090", f"127.0.0.1:{prometheus_port}") for t in static["targets"]]
+    (dest / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    targets = (docker / "targets" / "hydra.yml").read_text()
+    assert "hydra:8000" in targets
+    (dest / "targets").mkdir()
+    (dest / "targets" / "hydra.yml").write_text(targets.replace("hydra:8000", f"127.0.0.1:{service_port}"))
+
+    (dest / "rules").mkdir()
+    for path in sorted((docker / "rules").glob("*.rules.yml")):
+        rules = yaml.safe_load(path.read_text())
+        for group in rules["groups"]:
+            for rule in group["rules"]:
+                if "for" in rule:
+                    rule["for"] = SHORT_FOR
+        (dest / "rules" / path.name).write_text(yaml.safe_dump(rules, sort_keys=False))
+    return dest / "prometheus.yml"
+
+
+def wait_until(check, timeout_s: float, what: str, processes: list[subprocess.Popen[bytes]]) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for process in processes:
+            if process.poll() is not None:
+                pytest.fail(f"{process.args[0]} exited with {process.returncode} while waiting for {what}")
+        try:
+            result = check()
+        except httpx.HTTPError:
+            result = None
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.25)
+
+
+@pytest.fixture
+def stack(repo: Path, prometheus_bin: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    models = tmp_path / "models"
+    inputs = build_repository(models)
+    service_port, prometheus_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "HYDRA_REPOSITORY": str(models),
+        "HYDRA_HOST": "127.0.0.1",
+        "HYDRA_PORT": str(service_port),
+        "HYDRA_PROVIDERS": "CPUExecutionProvider",
+        "HYDRA_DRIFT_WINDOW": "200",
+        "HYDRA_DRIFT_MIN_SAMPLES": "100",
+        "HYDRA_LOG_LEVEL": "WARNING",
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    service_log = (logs / "service.log").open("wb")
+    prometheus_log = (logs / "prometheus.log").open("wb")
+    config = prometheus_setup(repo, tmp_path / "prometheus", service_port, prometheus_port)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", "from app.__main__ import main; main()"],
+            env=env, cwd=tmp_path, stdout=service_log, stderr=subprocess.STDOUT,
+        ),
+        subprocess.Popen(
+            [str(prometheus_bin), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{prometheus_port}", "--log.level=warn"],
+            cwd=tmp_path, stdout=prometheus_log, stderr=subprocess.STDOUT,
+        ),
+    ]
+    try:
+        yield {
+            "service": f"http://127.0.0.1:{service_port}",
+            "prometheus": f"http://127.0.0.1:{prometheus_port}",
+            "inputs": inputs,
+            "processes": processes,
+            "logs": logs,
+        }
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+        service_log.close()
+        prometheus_log.close()
+        shutil.rmtree(tmp_path / "tsdb", ignore_errors=True)
+
+
+def alerts(client: httpx.Client, prometheus: str) -> dict[str, set[str]]:
+    """alertname -> states (pending/firing) in Prometheus' API."""
+    body = client.get(f"{prometheus}/api/v1/alerts").json()
+    states: dict[str, set[str]] = {}
+    for alert in body["data"]["alerts"]:
+        states.setdefault(alert["labels"]["alertname"], set()).add(alert["state"])
+    return states
+
+
+def query(client: httpx.Client, prometheus: str, expr: str) -> list[dict[str, Any]]:
+    body = client.get(f"{prometheus}/api/v1/query", params={"query": expr}).json()
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
+def send(client: httpx.Client, service: str, rows: np.ndarray, rng: np.random.Generator, n: int = 20) -> None:
+    batch = rows[rng.integers(0, len(rows), size=n)]
+    response = client.post(f"{service}/v1/models/{MODEL_NAME}:predict", json={"instances": batch.tolist()})
+    assert response.status_code == 200, response.text
+
+
+def test_ood_traffic_fires_the_ood_rate_and_drift_alerts(stack: dict[str, Any]) -> None:
+    start = time.monotonic()
+    service, prometheus, processes = stack["service"], stack["prometheus"], stack["processes"]
+    rng = np.random.default_rng(0)
+    with httpx.Client(timeout=5.0) as client:
+        wait_until(lambda: client.get(f"{service}/v2/health/ready").status_code == 200, 30,
+                   "the service to be ready", processes)
+        wait_until(lambda: client.get(f"{prometheus}/-/ready").status_code == 200, 30,
+                   "Prometheus to be ready", processes)
+        # The project's rules loaded, the service scraped as job "hydra".
+        groups = client.get(f"{prometheus}/api/v1/rules").json()["data"]["groups"]
+        assert {g["name"] for g in groups} == {"hydra-recording", "hydra-alerts"}
+        wait_until(lambda: query(client, prometheus, 'up{job="hydra"} == 1'), 20,
+                   "the service target to be up", processes)
+
+        # Phase 1: in-distribution traffic. The OOD rate is computed and near alpha: no alert.
+        def ood_rate() -> list[dict[str, Any]]:
+            send(client, service, stack["inputs"]["in_distribution"], rng)
+            return query(client, prometheus, "model:hydra_ood_predictions:ratio_rate5m")
+
+        wait_until(lambda: len(ood_rate()) == 1 and len(ood_rate()) == 1, 20,
+                   "the OOD-rate recording rule to have a value", processes)
+        calm_until = time.monotonic() + 4  # > for: 2s, several evaluations
+        while time.monotonic() < calm_until:
+            send(client, service, stack["inputs"]["in_distribution"], rng)
+            time.sleep(0.1)
+        (rate,) = query(client, prometheus, "model:hydra_ood_predictions:ratio_rate5m")
+        assert float(rate["value"][1]) < 0.15
+        quiet = alerts(client, prometheus)
+        assert "HydraOodRateHigh" not in quiet and "HydraModelUncertaintyDrift" not in quiet, quiet
+
+        # Phase 2: out-of-distribution traffic until both alerts fire.
+        def firing() -> bool:
+            send(client, service, stack["inputs"]["ood"], rng)
+            states = alerts(client, prometheus)
+            return all("firing" in states.get(a, set()) for a in ("HydraOodRateHigh", "HydraModelUncertaintyDrift"))
+
+        wait_until(firing, BUDGET_S - (time.monotonic() - start) - 5,
+                   "HydraOodRateHigh and HydraModelUncertaintyDrift to fire", processes)
+
+        body = client.get(f"{prometheus}/api/v1/alerts").json()["data"]["alerts"]
+        fired = {a["labels"]["alertname"]: a for a in body if a["state"] == "firing"}
+        assert fired["HydraOodRateHigh"]["labels"]["model"] == MODEL_NAME
+        assert fired["HydraModelUncertaintyDrift"]["labels"]["model"] == MODEL_NAME
+        assert float(fired["HydraModelUncertaintyDrift"]["value"]) > 0.2
+        # The service runs on the CPU where no GPU is expected, and it is up: those stay quiet.
+        assert not {"HydraModelOnCpu", "HydraTargetDown", "HydraTargetMissing"} & set(fired)
+    assert time.monotonic() - start < BUDGET_S
