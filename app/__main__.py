@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import tempfile
 
@@ -36,15 +37,21 @@ def main() -> None:
         return
     # Several workers: every process writes its metrics to one directory, which /metrics
     # merges. It must exist (and be empty) before any worker imports prometheus_client.
+    owned = None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="hydra-metrics-")
+        owned = tempfile.mkdtemp(prefix="hydra-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = owned
     logger.info(
         "starting %d workers; metrics merged from %s",
         settings.workers, os.environ["PROMETHEUS_MULTIPROC_DIR"],
     )
-    uvicorn.run(
-        "app.main:create_app_from_env", factory=True, workers=settings.workers, **common  # type: ignore[arg-type]
-    )
+    try:
+        uvicorn.run(
+            "app.main:create_app_from_env", factory=True, workers=settings.workers, **common  # type: ignore[arg-type]
+        )
+    finally:
+        if owned is not None:
+            shutil.rmtree(owned, ignore_errors=True)
 
 
 if __name__ == "__main__":
