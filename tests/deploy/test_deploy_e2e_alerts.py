@@ -8,11 +8,8 @@ ports), the scrape and evaluation intervals (1 s) and the alerts' `for:` duratio
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,17 +20,12 @@ import numpy as np
 import pytest
 import yaml
 from model_repo import MODEL_NAME, build_repository
+from service_process import free_port, running_service, stop
 
 pytestmark = [pytest.mark.slow, pytest.mark.prometheus]
 
 SHORT_FOR = "2s"
 BUDGET_S = 90.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def prometheus_setup(repo: Path, dest: Path, service_port: int, prometheus_port: int) -> Path:
@@ -85,56 +77,28 @@ def wait_until(check, timeout_s: float, what: str, processes: list[subprocess.Po
 
 @pytest.fixture
 def stack(repo: Path, prometheus_bin: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    models = tmp_path / "models"
-    inputs = build_repository(models)
-    service_port, prometheus_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "HYDRA_REPOSITORY": str(models),
-        "HYDRA_HOST": "127.0.0.1",
-        "HYDRA_PORT": str(service_port),
-        "HYDRA_PROVIDERS": "CPUExecutionProvider",
-        "HYDRA_DRIFT_WINDOW": "200",
-        "HYDRA_DRIFT_MIN_SAMPLES": "100",
-        "HYDRA_LOG_LEVEL": "WARNING",
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    service_log = (logs / "service.log").open("wb")
-    prometheus_log = (logs / "prometheus.log").open("wb")
-    config = prometheus_setup(repo, tmp_path / "prometheus", service_port, prometheus_port)
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", "from app.__main__ import main; main()"],
-            env=env, cwd=tmp_path, stdout=service_log, stderr=subprocess.STDOUT,
-        ),
-        subprocess.Popen(
-            [str(prometheus_bin), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{prometheus_port}", "--log.level=warn"],
-            cwd=tmp_path, stdout=prometheus_log, stderr=subprocess.STDOUT,
-        ),
-    ]
-    try:
-        yield {
-            "service": f"http://127.0.0.1:{service_port}",
-            "prometheus": f"http://127.0.0.1:{prometheus_port}",
-            "inputs": inputs,
-            "processes": processes,
-            "logs": logs,
-        }
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
+    inputs = build_repository(tmp_path / "models")
+    settings = {"HYDRA_DRIFT_WINDOW": "200", "HYDRA_DRIFT_MIN_SAMPLES": "100"}
+    with running_service(tmp_path / "models", tmp_path / "service.log", **settings) as (service, process):
+        service_port = int(service.rsplit(":", 1)[1])
+        prometheus_port = free_port()
+        config = prometheus_setup(repo, tmp_path / "prometheus", service_port, prometheus_port)
+        with (tmp_path / "prometheus.log").open("wb") as log:
+            prometheus = subprocess.Popen(
+                [str(prometheus_bin), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                 f"--web.listen-address=127.0.0.1:{prometheus_port}", "--log.level=warn"],
+                cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+            )
             try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
-        service_log.close()
-        prometheus_log.close()
-        shutil.rmtree(tmp_path / "tsdb", ignore_errors=True)
+                yield {
+                    "service": service,
+                    "prometheus": f"http://127.0.0.1:{prometheus_port}",
+                    "inputs": inputs,
+                    "processes": [process, prometheus],
+                }
+            finally:
+                stop(prometheus)
+                shutil.rmtree(tmp_path / "tsdb", ignore_errors=True)
 
 
 def alerts(client: httpx.Client, prometheus: str) -> dict[str, set[str]]:

@@ -106,3 +106,36 @@ def test_label_values_the_rules_filter_on_exist(exposition: str) -> None:
     assert {"200", "400"} <= statuses
     ood = _samples(exposition, "hydra_ood_predictions_total")
     assert ood and all(set(s) == {"model", "version"} for s in ood)
+
+
+@pytest.mark.slow
+def test_multi_worker_service_exports_the_same_names(repo: Path, tmp_path: Path) -> None:
+    """HYDRA_WORKERS=2 (Prometheus multiprocess mode): /metrics still has every name the
+    dashboard and rules read, and hydra_model_info no per-process duplicates."""
+    import httpx
+    from service_process import running_service, wait_ready
+
+    inputs = build_repository(tmp_path / "models")
+    with running_service(tmp_path / "models", tmp_path / "service.log", HYDRA_WORKERS="2",
+                         HYDRA_DRIFT_WINDOW="50", HYDRA_DRIFT_MIN_SAMPLES="20") as (url, process):
+        wait_ready(url, process)
+        with httpx.Client(timeout=5.0) as client:
+            for start in range(0, 200, 20):  # spread over both workers
+                batch = inputs["ood"][start:start + 20].tolist()
+                response = client.post(f"{url}/v1/models/{MODEL_NAME}:predict", json={"instances": batch})
+                assert response.status_code == 200, response.text
+            text = client.get(f"{url}/metrics").text
+    live = live_series(text)
+    assert design_series() - live - {n for n in design_series() if n.endswith("_created")} == set()
+    known = live | recorded(repo) | SCRAPE_SERIES
+    for where, expr in dashboard_queries(load_dashboard(repo / DASHBOARD)):
+        assert metric_names(as_promql(expr)) <= known, where
+    info = _samples(text, "hydra_model_info")
+    assert len(info) == 1 and "pid" not in info[0], info
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counted = [
+        (s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples
+        if s.name == "hydra_predictions_total"
+    ]
+    assert counted == [({"model": MODEL_NAME, "version": "1"}, 200.0)]  # summed over workers
