@@ -1,4 +1,4 @@
-"""The service's metric names as shared/DESIGN.md lists them, and names read from /metrics.
+"""The service's metric names (shared/DESIGN.md's list and one more), and names read from /metrics.
 
 Rules and dashboards may only read these (with the series suffixes their types produce),
 the rules' own recorded names, and Prometheus' `up`. The live test checks this catalogue
@@ -24,6 +24,8 @@ DESIGN_METRICS: dict[str, str] = {
     "hydra_queue_wait_seconds": "histogram",
     "hydra_queue_depth": "gauge",
     "hydra_model_info": "gauge",
+    # Exported by app/metrics.py beyond DESIGN.md's list; HydraModelVersionRefused reads it.
+    "hydra_model_load_failures": "counter",
 }
 
 # Series Prometheus adds itself for every target.
