@@ -152,16 +152,25 @@ def image_policy_problems(dockerfile: Path, context: Path) -> list[str]:
     for stage in chain:
         for run in stage.all("RUN"):
             if "--extra train" in run.args or re.search(r"pip install[^&;|]*\btorch", run.args):
-                problems.append(f"stage {stage.name!r} of the service image installs torch: {run.args}")
+                problems.append(
+                    f"stage {stage.name!r} of the service image installs torch: {run.args}"
+                )
     # Dependencies are installed before the source is copied, so source edits keep that layer.
     sequence = [(s.name, i) for s in chain for i in s.instructions]
     first_deps = next(
-        (n for n, (_, i) in enumerate(sequence) if i.keyword == "RUN" and "pip install -r" in i.args),
+        (
+            n
+            for n, (_, i) in enumerate(sequence)
+            if i.keyword == "RUN" and "pip install -r" in i.args
+        ),
         None,
     )
     first_source = next(
-        (n for n, (_, i) in enumerate(sequence)
-         if i.keyword == "COPY" and "--from=" not in i.args and re.search(r"(^|\s)app\b", i.args)),
+        (
+            n
+            for n, (_, i) in enumerate(sequence)
+            if i.keyword == "COPY" and "--from=" not in i.args and re.search(r"(^|\s)app\b", i.args)
+        ),
         None,
     )
     if first_deps is None:

@@ -57,7 +57,9 @@ def dashboard_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
         for panel in items:
             for target in panel.get("targets", []):
                 if "expr" in target:
-                    found.append((f"panel {panel.get('title')!r} ref {target.get('refId')}", target["expr"]))
+                    found.append(
+                        (f"panel {panel.get('title')!r} ref {target.get('refId')}", target["expr"])
+                    )
             panels(panel.get("panels", []))
 
     panels(dashboard.get("panels", []))

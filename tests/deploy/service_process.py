@@ -30,23 +30,30 @@ def stop(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
 
 
 @contextmanager
-def running_service(models: Path, log: Path, **settings: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def running_service(
+    models: Path, log: Path, **settings: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Start hydra-serve on a free port; yield (base URL, process). Settings: HYDRA_* values."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYDRA_")}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    env.update({
-        "HYDRA_REPOSITORY": str(models),
-        "HYDRA_HOST": "127.0.0.1",
-        "HYDRA_PORT": str(port),
-        "HYDRA_PROVIDERS": "CPUExecutionProvider",
-        "HYDRA_LOG_LEVEL": "WARNING",
-        **settings,
-    })
+    env.update(
+        {
+            "HYDRA_REPOSITORY": str(models),
+            "HYDRA_HOST": "127.0.0.1",
+            "HYDRA_PORT": str(port),
+            "HYDRA_PROVIDERS": "CPUExecutionProvider",
+            "HYDRA_LOG_LEVEL": "WARNING",
+            **settings,
+        }
+    )
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-c", "from app.__main__ import main; main()"],
-            env=env, cwd=log.parent, stdout=out, stderr=subprocess.STDOUT,
+            env=env,
+            cwd=log.parent,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
         try:
             yield f"http://127.0.0.1:{port}", process

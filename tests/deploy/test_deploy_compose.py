@@ -23,11 +23,18 @@ def compose(
     clean.update(env or {})
     return subprocess.run(
         [str(compose_bin), "--env-file", os.devnull, "--project-directory", str(workdir), *args],
-        capture_output=True, text=True, timeout=60, check=False, env=clean, cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=clean,
+        cwd=workdir,
     )
 
 
-def rendered(compose_bin: Path, repo: Path, *files: str, profiles: tuple[str, ...] = ()) -> dict[str, Any]:
+def rendered(
+    compose_bin: Path, repo: Path, *files: str, profiles: tuple[str, ...] = ()
+) -> dict[str, Any]:
     args = [a for f in files for a in ("-f", f)]
     args += [a for p in profiles for a in ("--profile", p)]
     result = compose(compose_bin, repo, *args, "config", "--format", "json", env=ENV)
@@ -49,9 +56,13 @@ def test_missing_required_setting_fails_early_with_its_name(repo: Path, compose_
     assert "set GRAFANA_ADMIN_PASSWORD" in result.stderr
 
 
-def test_compose_validation_catches_a_planted_mistake(repo: Path, compose_bin: Path, tmp_path: Path) -> None:
+def test_compose_validation_catches_a_planted_mistake(
+    repo: Path, compose_bin: Path, tmp_path: Path
+) -> None:
     text = (repo / "docker-compose.yml").read_text()
-    planted = text.replace("    restart: unless-stopped\n", "    restart: unless-stopped\n    helthcheck: {}\n", 1)
+    planted = text.replace(
+        "    restart: unless-stopped\n", "    restart: unless-stopped\n    helthcheck: {}\n", 1
+    )
     assert planted != text
     (tmp_path / "docker-compose.yml").write_text(planted)
     result = compose(compose_bin, tmp_path, "config", "-q", env=ENV)
@@ -78,7 +89,9 @@ def test_stack_wiring(repo: Path, compose_bin: Path) -> None:
     assert prom_mounts["/etc/prometheus/rules"] == str(repo / "docker" / "rules")
     assert prom_mounts["/etc/prometheus/targets"] == str(repo / "docker" / "targets")
     grafana_mounts = {v["target"]: v["source"] for v in services["grafana"]["volumes"]}
-    assert grafana_mounts["/etc/grafana/provisioning"] == str(repo / "docker" / "grafana" / "provisioning")
+    assert grafana_mounts["/etc/grafana/provisioning"] == str(
+        repo / "docker" / "grafana" / "provisioning"
+    )
     for service in services.values():
         for mount in service.get("volumes", []):
             if mount["type"] == "bind":
@@ -94,11 +107,17 @@ def test_stack_wiring(repo: Path, compose_bin: Path) -> None:
 
 
 def test_gpu_override_reserves_a_gpu_and_marks_the_target(repo: Path, compose_bin: Path) -> None:
-    gpu = rendered(compose_bin, repo, "docker-compose.yml", "docker-compose.gpu.yml", profiles=("train",))
+    gpu = rendered(
+        compose_bin, repo, "docker-compose.yml", "docker-compose.gpu.yml", profiles=("train",)
+    )
     for name in ("hydra", "train"):
         devices = gpu["services"][name]["deploy"]["resources"]["reservations"]["devices"]
         assert devices == [{"capabilities": ["gpu"], "driver": "nvidia", "count": 1}]
-    mounts = [v for v in gpu["services"]["prometheus"]["volumes"] if v["target"] == "/etc/prometheus/targets"]
+    mounts = [
+        v
+        for v in gpu["services"]["prometheus"]["volumes"]
+        if v["target"] == "/etc/prometheus/targets"
+    ]
     assert [m["source"] for m in mounts] == [str(repo / "docker" / "targets-gpu")]
 
 

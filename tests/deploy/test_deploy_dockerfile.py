@@ -16,8 +16,10 @@ SKIP_DIRS = {".git", ".venv", "node_modules", "build"}
 
 def dockerfiles(repo: Path) -> list[Path]:
     found = [
-        p for p in repo.rglob("*Dockerfile*")
-        if p.is_file() and not SKIP_DIRS.intersection(p.relative_to(repo).parts)
+        p
+        for p in repo.rglob("*Dockerfile*")
+        if p.is_file()
+        and not SKIP_DIRS.intersection(p.relative_to(repo).parts)
         and not p.name.endswith((".dockerignore", ".md"))
     ]
     return sorted(found)
@@ -26,7 +28,10 @@ def dockerfiles(repo: Path) -> list[Path]:
 def run_hadolint(hadolint: Path, dockerfile: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(hadolint), "--no-color", str(dockerfile)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -42,16 +47,26 @@ def test_every_dockerfile_is_hadolint_clean(repo: Path, hadolint: Path) -> None:
     ("plant", "rule"),
     [
         # Running as root after the non-root user.
-        (lambda text: text.replace('ENTRYPOINT ["hydra-serve"]', 'USER root\nENTRYPOINT ["hydra-serve"]'),
-         "DL3002"),
+        (
+            lambda text: text.replace(
+                'ENTRYPOINT ["hydra-serve"]', 'USER root\nENTRYPOINT ["hydra-serve"]'
+            ),
+            "DL3002",
+        ),
         # apt-get without -y and without cleaning the lists.
-        (lambda text: text.replace("FROM python-base AS service\n",
-                                   "FROM python-base AS service\nRUN apt-get install curl\n"),
-         "DL3014"),
+        (
+            lambda text: text.replace(
+                "FROM python-base AS service\n",
+                "FROM python-base AS service\nRUN apt-get install curl\n",
+            ),
+            "DL3014",
+        ),
     ],
     ids=["last-user-root", "apt-get-without-y"],
 )
-def test_hadolint_catches_a_planted_mistake(repo: Path, hadolint: Path, tmp_path: Path, plant, rule: str) -> None:
+def test_hadolint_catches_a_planted_mistake(
+    repo: Path, hadolint: Path, tmp_path: Path, plant, rule: str
+) -> None:
     planted = tmp_path / "Dockerfile"
     text = (repo / "Dockerfile").read_text()
     changed = plant(text)
@@ -88,20 +103,35 @@ def _policy_with(repo: Path, tmp_path: Path, old: str, new: str) -> list[str]:
     [
         ("HEALTHCHECK", "# HEALTHCHECK", "HEALTHCHECK must probe /v2/health/ready"),
         ("/v2/health/ready", "/v2/health/live", "HEALTHCHECK must probe /v2/health/ready"),
-        ("python pyproject_requirements.py pyproject.toml > requirements.txt",
-         "python pyproject_requirements.py pyproject.toml --extra train > requirements.txt",
-         "installs torch"),
-        ("COPY docker/pyproject_requirements.py pyproject.toml ./",
-         "COPY docker/pyproject_requirements.py pyproject.toml ./\nCOPY app ./app",
-         "copied before the dependency layer"),
+        (
+            "python pyproject_requirements.py pyproject.toml > requirements.txt",
+            "python pyproject_requirements.py pyproject.toml --extra train > requirements.txt",
+            "installs torch",
+        ),
+        (
+            "COPY docker/pyproject_requirements.py pyproject.toml ./",
+            "COPY docker/pyproject_requirements.py pyproject.toml ./\nCOPY app ./app",
+            "copied before the dependency layer",
+        ),
         ("USER ${HYDRA_UID}:${HYDRA_UID}\n# The model", "USER root\n# The model", "runs as root"),
         ("cudnn-runtime-ubuntu24.04", "runtime-ubuntu24.04", "CUDA 13 cuDNN runtime"),
         ('VOLUME ["/models"]\nEXPOSE', "EXPOSE", "/models as a VOLUME"),
-        ("COPY configs /opt/hydra/configs", "COPY benchmarks /opt/hydra/benchmarks",
-         "'benchmarks' does not exist"),
+        (
+            "COPY configs /opt/hydra/configs",
+            "COPY benchmarks /opt/hydra/benchmarks",
+            "'benchmarks' does not exist",
+        ),
     ],
-    ids=["no-healthcheck", "liveness-healthcheck", "torch-in-service", "source-before-deps",
-         "root-user", "no-cudnn", "no-model-volume", "missing-copy-source"],
+    ids=[
+        "no-healthcheck",
+        "liveness-healthcheck",
+        "torch-in-service",
+        "source-before-deps",
+        "root-user",
+        "no-cudnn",
+        "no-model-volume",
+        "missing-copy-source",
+    ],
 )
 def test_image_policy_catches_a_planted_mistake(
     repo: Path, tmp_path: Path, old: str, new: str, message: str
@@ -128,15 +158,25 @@ def test_dockerignore_keeping_out_a_copied_path_is_caught(repo: Path, tmp_path: 
 
 def _requirements(repo: Path, *extra: str) -> list[str]:
     result = subprocess.run(
-        [sys.executable, str(repo / "docker" / "pyproject_requirements.py"), str(repo / "pyproject.toml"), *extra],
-        capture_output=True, text=True, timeout=30, check=True,
+        [
+            sys.executable,
+            str(repo / "docker" / "pyproject_requirements.py"),
+            str(repo / "pyproject.toml"),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
     return result.stdout.splitlines()
 
 
 def test_service_image_dependencies_have_onnxruntime_gpu_and_no_torch(repo: Path) -> None:
     service = _requirements(repo)
-    names = {r.split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip().lower() for r in service}
+    names = {
+        r.split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip().lower() for r in service
+    }
     assert "onnxruntime-gpu" in names
     assert "onnxruntime" not in names  # the CPU package would overwrite the GPU one
     assert not any(n.startswith("torch") for n in names), service
@@ -147,9 +187,17 @@ def test_service_image_dependencies_have_onnxruntime_gpu_and_no_torch(repo: Path
 
 def test_requirements_script_refuses_an_unknown_extra(repo: Path) -> None:
     result = subprocess.run(
-        [sys.executable, str(repo / "docker" / "pyproject_requirements.py"), str(repo / "pyproject.toml"),
-         "--extra", "gpu"],
-        capture_output=True, text=True, timeout=30, check=False,
+        [
+            sys.executable,
+            str(repo / "docker" / "pyproject_requirements.py"),
+            str(repo / "pyproject.toml"),
+            "--extra",
+            "gpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert result.returncode != 0
     assert "extra 'gpu' not in" in result.stderr

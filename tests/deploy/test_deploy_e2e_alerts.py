@@ -22,7 +22,7 @@ import yaml
 from model_repo import MODEL_NAME, build_repository
 from service_process import free_port, running_service, stop
 
-pytestmark = [pytest.mark.slow, pytest.mark.prometheus]
+pytestmark = [pytest.mark.slow, pytest.mark.prometheus, pytest.mark.timeout(180)]
 
 SHORT_FOR = "2s"
 BUDGET_S = 90.0
@@ -39,13 +39,18 @@ def prometheus_setup(repo: Path, dest: Path, service_port: int, prometheus_port:
         if "scrape_timeout" in job:
             job["scrape_timeout"] = "1s"
         for static in job.get("static_configs", []):
-            static["targets"] = [t.replace("localhost:9090", f"127.0.0.1:{prometheus_port}") for t in static["targets"]]
+            static["targets"] = [
+                t.replace("localhost:9090", f"127.0.0.1:{prometheus_port}")
+                for t in static["targets"]
+            ]
     (dest / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
 
     targets = (docker / "targets" / "hydra.yml").read_text()
     assert "hydra:8000" in targets
     (dest / "targets").mkdir()
-    (dest / "targets" / "hydra.yml").write_text(targets.replace("hydra:8000", f"127.0.0.1:{service_port}"))
+    (dest / "targets" / "hydra.yml").write_text(
+        targets.replace("hydra:8000", f"127.0.0.1:{service_port}")
+    )
 
     (dest / "rules").mkdir()
     for path in sorted((docker / "rules").glob("*.rules.yml")):
@@ -63,7 +68,9 @@ def wait_until(check, timeout_s: float, what: str, processes: list[subprocess.Po
     while True:
         for process in processes:
             if process.poll() is not None:
-                pytest.fail(f"{process.args[0]} exited with {process.returncode} while waiting for {what}")
+                pytest.fail(
+                    f"{process.args[0]} exited with {process.returncode} while waiting for {what}"
+                )
         try:
             result = check()
         except httpx.HTTPError:
@@ -79,15 +86,25 @@ def wait_until(check, timeout_s: float, what: str, processes: list[subprocess.Po
 def stack(repo: Path, prometheus_bin: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
     inputs = build_repository(tmp_path / "models")
     settings = {"HYDRA_DRIFT_WINDOW": "200", "HYDRA_DRIFT_MIN_SAMPLES": "100"}
-    with running_service(tmp_path / "models", tmp_path / "service.log", **settings) as (service, process):
+    with running_service(tmp_path / "models", tmp_path / "service.log", **settings) as (
+        service,
+        process,
+    ):
         service_port = int(service.rsplit(":", 1)[1])
         prometheus_port = free_port()
         config = prometheus_setup(repo, tmp_path / "prometheus", service_port, prometheus_port)
         with (tmp_path / "prometheus.log").open("wb") as log:
             prometheus = subprocess.Popen(
-                [str(prometheus_bin), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                 f"--web.listen-address=127.0.0.1:{prometheus_port}", "--log.level=warn"],
-                cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                [
+                    str(prometheus_bin),
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{prometheus_port}",
+                    "--log.level=warn",
+                ],
+                cwd=tmp_path,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
             try:
                 yield {
@@ -116,9 +133,13 @@ def query(client: httpx.Client, prometheus: str, expr: str) -> list[dict[str, An
     return body["data"]["result"]
 
 
-def send(client: httpx.Client, service: str, rows: np.ndarray, rng: np.random.Generator, n: int = 20) -> None:
+def send(
+    client: httpx.Client, service: str, rows: np.ndarray, rng: np.random.Generator, n: int = 20
+) -> None:
     batch = rows[rng.integers(0, len(rows), size=n)]
-    response = client.post(f"{service}/v1/models/{MODEL_NAME}:predict", json={"instances": batch.tolist()})
+    response = client.post(
+        f"{service}/v1/models/{MODEL_NAME}:predict", json={"instances": batch.tolist()}
+    )
     assert response.status_code == 200, response.text
 
 
@@ -127,23 +148,39 @@ def test_ood_traffic_fires_the_ood_rate_and_drift_alerts(stack: dict[str, Any]) 
     service, prometheus, processes = stack["service"], stack["prometheus"], stack["processes"]
     rng = np.random.default_rng(0)
     with httpx.Client(timeout=5.0) as client:
-        wait_until(lambda: client.get(f"{service}/v2/health/ready").status_code == 200, 30,
-                   "the service to be ready", processes)
-        wait_until(lambda: client.get(f"{prometheus}/-/ready").status_code == 200, 30,
-                   "Prometheus to be ready", processes)
+        wait_until(
+            lambda: client.get(f"{service}/v2/health/ready").status_code == 200,
+            30,
+            "the service to be ready",
+            processes,
+        )
+        wait_until(
+            lambda: client.get(f"{prometheus}/-/ready").status_code == 200,
+            30,
+            "Prometheus to be ready",
+            processes,
+        )
         # The project's rules loaded, the service scraped as job "hydra".
         groups = client.get(f"{prometheus}/api/v1/rules").json()["data"]["groups"]
         assert {g["name"] for g in groups} == {"hydra-recording", "hydra-alerts"}
-        wait_until(lambda: query(client, prometheus, 'up{job="hydra"} == 1'), 20,
-                   "the service target to be up", processes)
+        wait_until(
+            lambda: query(client, prometheus, 'up{job="hydra"} == 1'),
+            20,
+            "the service target to be up",
+            processes,
+        )
 
         # Phase 1: in-distribution traffic. The OOD rate is computed and near alpha: no alert.
         def ood_rate() -> list[dict[str, Any]]:
             send(client, service, stack["inputs"]["in_distribution"], rng)
             return query(client, prometheus, "model:hydra_ood_predictions:ratio_rate5m")
 
-        wait_until(lambda: len(ood_rate()) == 1 and len(ood_rate()) == 1, 20,
-                   "the OOD-rate recording rule to have a value", processes)
+        wait_until(
+            lambda: len(ood_rate()) == 1,
+            20,
+            "the OOD-rate recording rule to have a value",
+            processes,
+        )
         calm_until = time.monotonic() + 4  # > for: 2s, several evaluations
         while time.monotonic() < calm_until:
             send(client, service, stack["inputs"]["in_distribution"], rng)
@@ -157,10 +194,17 @@ def test_ood_traffic_fires_the_ood_rate_and_drift_alerts(stack: dict[str, Any]) 
         def firing() -> bool:
             send(client, service, stack["inputs"]["ood"], rng)
             states = alerts(client, prometheus)
-            return all("firing" in states.get(a, set()) for a in ("HydraOodRateHigh", "HydraModelUncertaintyDrift"))
+            return all(
+                "firing" in states.get(a, set())
+                for a in ("HydraOodRateHigh", "HydraModelUncertaintyDrift")
+            )
 
-        wait_until(firing, BUDGET_S - (time.monotonic() - start) - 5,
-                   "HydraOodRateHigh and HydraModelUncertaintyDrift to fire", processes)
+        wait_until(
+            firing,
+            BUDGET_S - (time.monotonic() - start) - 5,
+            "HydraOodRateHigh and HydraModelUncertaintyDrift to fire",
+            processes,
+        )
 
         body = client.get(f"{prometheus}/api/v1/alerts").json()["data"]["alerts"]
         fired = {a["labels"]["alertname"]: a for a in body if a["state"] == "firing"}

@@ -20,7 +20,9 @@ DASHBOARD = Path("docker/grafana/dashboards/hydra-uncertainty.json")
 
 
 def provisioned_datasource(repo: Path) -> dict[str, Any]:
-    config = yaml.safe_load((repo / "docker/grafana/provisioning/datasources/prometheus.yml").read_text())
+    config = yaml.safe_load(
+        (repo / "docker/grafana/provisioning/datasources/prometheus.yml").read_text()
+    )
     (datasource,) = config["datasources"]
     return datasource
 
@@ -38,9 +40,15 @@ def structure_problems(dashboard: dict[str, Any], datasource_uid: str) -> list[s
             grid = panel.get("gridPos", {})
             if grid.get("x", 0) + grid.get("w", 0) > 24 or grid.get("w", 0) <= 0:
                 problems.append(f"panel {panel.get('title')!r}: gridPos {grid} outside 24 columns")
-            sources = [panel.get("datasource")] + [t.get("datasource") for t in panel.get("targets", [])]
+            sources = [panel.get("datasource")] + [
+                t.get("datasource") for t in panel.get("targets", [])
+            ]
             for source in sources:
-                if source is not None and panel.get("type") != "row" and source.get("uid") != datasource_uid:
+                if (
+                    source is not None
+                    and panel.get("type") != "row"
+                    and source.get("uid") != datasource_uid
+                ):
                     problems.append(
                         f"panel {panel.get('title')!r} uses data source {source}, "
                         f"expected uid {datasource_uid!r}"
@@ -71,14 +79,23 @@ def test_wrong_data_source_is_caught(repo: Path) -> None:
 
 
 # ------------------------------------------------------------------ queries are PromQL
-def check_queries_parse(promtool: Path, dashboard: dict[str, Any], tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    """promtool check rules on every query written as a recording rule (Grafana variables replaced)."""
+def check_queries_parse(
+    promtool: Path, dashboard: dict[str, Any], tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
+    """promtool check rules on every query as a recording rule (Grafana variables replaced)."""
     queries = dashboard_queries(dashboard)
-    rules = [{"record": f"dashboard:query_{n}", "expr": as_promql(expr)} for n, (_, expr) in enumerate(queries)]
+    rules = [
+        {"record": f"dashboard:query_{n}", "expr": as_promql(expr)}
+        for n, (_, expr) in enumerate(queries)
+    ]
     path = tmp_path / "dashboard-queries.rules.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     return subprocess.run(
-        [str(promtool), "check", "rules", str(path)], capture_output=True, text=True, timeout=60, check=False
+        [str(promtool), "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -99,7 +116,9 @@ def test_invalid_query_is_caught(repo: Path, promtool: Path, tmp_path: Path) -> 
 
 
 # ------------------------------------------------------------------ names the queries read
-def unknown_dashboard_metrics(dashboard: dict[str, Any], exported: set[str], recorded: set[str]) -> dict[str, set[str]]:
+def unknown_dashboard_metrics(
+    dashboard: dict[str, Any], exported: set[str], recorded: set[str]
+) -> dict[str, set[str]]:
     known = exported | recorded | SCRAPE_SERIES
     return {
         where: missing
@@ -153,14 +172,18 @@ def test_dashboard_has_the_drift_panels(repo: Path) -> None:
     ):
         assert needed in by_metric, f"the dashboard does not show {needed}"
     info = [p for p in panels if "hydra_model_info" in json.dumps(p.get("targets"))]
-    assert any("provider" in t["expr"] and "version" in t["expr"] for p in info for t in p["targets"])
+    assert any(
+        "provider" in t["expr"] and "version" in t["expr"] for p in info for t in p["targets"]
+    )
 
 
 def test_provisioning_matches_the_compose_mounts(repo: Path) -> None:
     compose = yaml.safe_load((repo / "docker-compose.yml").read_text())
     grafana = compose["services"]["grafana"]
     mounts = dict(v.split(":")[:2][::-1] for v in grafana["volumes"] if v.startswith("./"))
-    providers = yaml.safe_load((repo / "docker/grafana/provisioning/dashboards/hydra.yml").read_text())
+    providers = yaml.safe_load(
+        (repo / "docker/grafana/provisioning/dashboards/hydra.yml").read_text()
+    )
     (provider,) = providers["providers"]
     folder = provider["options"]["path"]
     assert mounts[folder] == "./docker/grafana/dashboards"

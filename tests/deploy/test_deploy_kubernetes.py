@@ -27,7 +27,10 @@ def manifest_files(repo: Path) -> list[Path]:
 def kubernetes_validate(version: str, *files: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "kubernetes_validate", "--strict", "-k", version, *map(str, files)],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -61,7 +64,10 @@ def test_schema_validation_catches_a_planted_mistake(repo: Path, tmp_path: Path)
 
 
 def _container_ports(container: dict[str, Any]) -> dict[str, int]:
-    return {p.get("name", str(p["containerPort"])): p["containerPort"] for p in container.get("ports", [])}
+    return {
+        p.get("name", str(p["containerPort"])): p["containerPort"]
+        for p in container.get("ports", [])
+    }
 
 
 def _port_of(ref: int | str, ports: dict[str, int]) -> int | None:
@@ -77,7 +83,10 @@ def wiring_problems(objects: dict[str, dict[str, Any]]) -> list[str]:
     ports = _container_ports(container)
     env = {e["name"]: e.get("value") for e in container.get("env", [])}
 
-    for probe, path in (("readinessProbe", "/v2/health/ready"), ("livenessProbe", "/v2/health/live")):
+    for probe, path in (
+        ("readinessProbe", "/v2/health/ready"),
+        ("livenessProbe", "/v2/health/live"),
+    ):
         get = container.get(probe, {}).get("httpGet", {})
         if get.get("path") != path:
             problems.append(f"{probe} must GET {path}, got {get.get('path')!r}")
@@ -86,7 +95,9 @@ def wiring_problems(objects: dict[str, dict[str, Any]]) -> list[str]:
     if env.get("HYDRA_PORT") is not None and int(env["HYDRA_PORT"]) not in ports.values():
         problems.append(f"HYDRA_PORT={env['HYDRA_PORT']} is not a container port {ports}")
     if env.get("HYDRA_HOST") != "0.0.0.0":
-        problems.append("HYDRA_HOST must be 0.0.0.0 in a pod (the default 127.0.0.1 is unreachable)")
+        problems.append(
+            "HYDRA_HOST must be 0.0.0.0 in a pod (the default 127.0.0.1 is unreachable)"
+        )
 
     resources = container.get("resources", {})
     gpu = resources.get("limits", {}).get("nvidia.com/gpu")
@@ -96,17 +107,24 @@ def wiring_problems(objects: dict[str, dict[str, Any]]) -> list[str]:
     if requested != gpu:
         problems.append(f"nvidia.com/gpu request {requested!r} must equal its limit {gpu!r}")
     if pod_labels.get("hydra.example.com/gpu-expected") != ("true" if gpu else "false"):
-        problems.append("pod label hydra.example.com/gpu-expected must say whether a GPU is requested")
+        problems.append(
+            "pod label hydra.example.com/gpu-expected must say whether a GPU is requested"
+        )
 
     security = pod["spec"].get("securityContext", {})
     if not security.get("runAsNonRoot") or security.get("runAsUser") != SERVICE_UID:
         problems.append(f"pod must run as non-root uid {SERVICE_UID} (the image's user)")
 
     annotations = pod["metadata"].get("annotations", {})
-    if annotations.get("prometheus.io/scrape") != "true" or annotations.get("prometheus.io/path") != "/metrics":
+    if (
+        annotations.get("prometheus.io/scrape") != "true"
+        or annotations.get("prometheus.io/path") != "/metrics"
+    ):
         problems.append("pod must be annotated for scraping /metrics")
     if int(annotations.get("prometheus.io/port", -1)) not in ports.values():
-        problems.append(f"prometheus.io/port {annotations.get('prometheus.io/port')} is not a container port")
+        problems.append(
+            f"prometheus.io/port {annotations.get('prometheus.io/port')} is not a container port"
+        )
 
     selector = deployment["spec"]["selector"]["matchLabels"]
     for kind, labels in (
@@ -126,13 +144,17 @@ def wiring_problems(objects: dict[str, dict[str, Any]]) -> list[str]:
         problems.append(f"HPA scales {ref['kind']}/{ref['name']}, not the Deployment")
     if not 1 <= hpa.get("minReplicas", 1) <= hpa["maxReplicas"]:
         problems.append("HPA needs 1 <= minReplicas <= maxReplicas")
-    if any(m.get("resource", {}).get("name") == "cpu" for m in hpa["metrics"]) and "cpu" not in resources.get("requests", {}):
+    if any(
+        m.get("resource", {}).get("name") == "cpu" for m in hpa["metrics"]
+    ) and "cpu" not in resources.get("requests", {}):
         problems.append("HPA on CPU utilisation needs a CPU request on the container")
 
     claim = objects["PersistentVolumeClaim"]["metadata"]["name"]
     for owner in (deployment, objects["Job"]):
         volumes = owner["spec"]["template"]["spec"]["volumes"]
-        mounted = {v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v}
+        mounted = {
+            v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v
+        }
         if mounted != {claim}:
             problems.append(f"{owner['kind']} mounts claims {mounted}, expected {claim!r}")
     return problems
@@ -145,16 +167,36 @@ def test_manifests_are_wired_together(repo: Path) -> None:
 @pytest.mark.parametrize(
     ("plant", "message"),
     [
-        (lambda o: o["Deployment"]["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]
-         .update(path="/healthz"), "readinessProbe must GET /v2/health/ready"),
-        (lambda o: o["Deployment"]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
-         .pop("nvidia.com/gpu"), "nvidia.com/gpu >= 1"),
-        (lambda o: o["Service"]["spec"]["selector"].update({"app.kubernetes.io/name": "hydra-server"}),
-         "Service selector"),
-        (lambda o: o["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"].update(name="hydra-serve"),
-         "HPA scales Deployment/hydra-serve"),
-        (lambda o: o["Deployment"]["spec"]["template"]["metadata"]["annotations"]
-         .update({"prometheus.io/port": "9000"}), "prometheus.io/port 9000"),
+        (
+            lambda o: o["Deployment"]["spec"]["template"]["spec"]["containers"][0][
+                "readinessProbe"
+            ]["httpGet"].update(path="/healthz"),
+            "readinessProbe must GET /v2/health/ready",
+        ),
+        (
+            lambda o: o["Deployment"]["spec"]["template"]["spec"]["containers"][0]["resources"][
+                "limits"
+            ].pop("nvidia.com/gpu"),
+            "nvidia.com/gpu >= 1",
+        ),
+        (
+            lambda o: o["Service"]["spec"]["selector"].update(
+                {"app.kubernetes.io/name": "hydra-server"}
+            ),
+            "Service selector",
+        ),
+        (
+            lambda o: o["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"].update(
+                name="hydra-serve"
+            ),
+            "HPA scales Deployment/hydra-serve",
+        ),
+        (
+            lambda o: o["Deployment"]["spec"]["template"]["metadata"]["annotations"].update(
+                {"prometheus.io/port": "9000"}
+            ),
+            "prometheus.io/port 9000",
+        ),
     ],
     ids=["probe-path", "no-gpu", "service-selector", "hpa-target", "scrape-port"],
 )
@@ -186,8 +228,13 @@ def scrape_config_for_promtool(repo: Path, folder: Path) -> Path:
 
 def test_in_cluster_scrape_config_is_valid(repo: Path, promtool: Path, tmp_path: Path) -> None:
     path = scrape_config_for_promtool(repo, tmp_path)
-    result = subprocess.run([str(promtool), "check", "config", str(path)],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [str(promtool), "check", "config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 2 rule files found" in result.stdout
 
@@ -195,10 +242,14 @@ def test_in_cluster_scrape_config_is_valid(repo: Path, promtool: Path, tmp_path:
 def test_in_cluster_scrape_config_maps_the_pod_labels(repo: Path) -> None:
     config_map = yaml.safe_load((repo / "deploy/k8s/prometheus-config.yaml").read_text())
     config = yaml.safe_load(config_map["data"]["prometheus.yml"])
-    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "hydra"]  # alerts use job="hydra"
+    (job,) = [
+        j for j in config["scrape_configs"] if j["job_name"] == "hydra"
+    ]  # alerts use job="hydra"
     sources = {s for r in job["relabel_configs"] for s in r.get("source_labels", [])}
     pod_labels = load_all(repo)["Deployment"]["spec"]["template"]["metadata"]["labels"]
-    gpu_label = "__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", "hydra.example.com/gpu-expected")
+    gpu_label = "__meta_kubernetes_pod_label_" + re.sub(
+        r"[^a-zA-Z0-9_]", "_", "hydra.example.com/gpu-expected"
+    )
     assert "hydra.example.com/gpu-expected" in pod_labels
     assert gpu_label in sources
     targets = {r.get("target_label") for r in job["relabel_configs"]}

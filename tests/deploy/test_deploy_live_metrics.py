@@ -18,7 +18,7 @@ DASHBOARD = Path("docker/grafana/dashboards/hydra-uncertainty.json")
 
 @pytest.fixture(scope="module")
 def exposition(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """/metrics of a service that loaded a model and answered in- and out-of-distribution traffic."""
+    """/metrics of a service that loaded a model and answered in- and out-of-domain traffic."""
     from fastapi.testclient import TestClient
     from prometheus_client import CollectorRegistry
 
@@ -28,7 +28,10 @@ def exposition(tmp_path_factory: pytest.TempPathFactory) -> str:
     root = tmp_path_factory.mktemp("models")
     inputs = build_repository(root)
     settings = Settings(
-        repository=root, providers=["CPUExecutionProvider"], drift_window=50, drift_min_samples=20,
+        repository=root,
+        providers=["CPUExecutionProvider"],
+        drift_window=50,
+        drift_min_samples=20,
         poll_interval_s=0.2,
     )
     with TestClient(create_app(settings, CollectorRegistry())) as client:
@@ -37,12 +40,25 @@ def exposition(tmp_path_factory: pytest.TempPathFactory) -> str:
             assert time.monotonic() < deadline, "the service did not become ready in 30 s"
             time.sleep(0.1)
         for batch in (inputs["in_distribution"][:40], inputs["ood"][:40]):
-            response = client.post(f"/v1/models/{MODEL_NAME}:predict", json={"instances": batch.tolist()})
+            response = client.post(
+                f"/v1/models/{MODEL_NAME}:predict", json={"instances": batch.tolist()}
+            )
             assert response.status_code == 200, response.text
-        v2 = {"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32",
-                          "data": inputs["ood"][:2].ravel().tolist()}]}
+        v2 = {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [2, 64],
+                    "datatype": "FP32",
+                    "data": inputs["ood"][:2].ravel().tolist(),
+                }
+            ]
+        }
         assert client.post(f"/v2/models/{MODEL_NAME}/infer", json=v2).status_code == 200
-        assert client.post(f"/v1/models/{MODEL_NAME}:predict", json={"instances": [[1.0]]}).status_code == 400
+        assert (
+            client.post(f"/v1/models/{MODEL_NAME}:predict", json={"instances": [[1.0]]}).status_code
+            == 400
+        )
         response = client.get("/metrics")
         assert response.status_code == 200
         return response.text
@@ -53,7 +69,11 @@ def recorded(repo: Path) -> set[str]:
 
 
 def test_design_catalogue_is_what_the_service_exports(exposition: str) -> None:
-    missing = design_series() - live_series(exposition) - {n for n in design_series() if n.endswith("_created")}
+    missing = (
+        design_series()
+        - live_series(exposition)
+        - {n for n in design_series() if n.endswith("_created")}
+    )
     assert missing == set()
 
 
@@ -70,7 +90,8 @@ def test_dashboard_queries_name_live_metrics(repo: Path, exposition: str) -> Non
 def test_rules_name_live_metrics(repo: Path, exposition: str) -> None:
     known = live_series(exposition) | recorded(repo) | SCRAPE_SERIES
     unknown = {
-        r.name: missing for r in load_rules(repo / "docker" / "rules")
+        r.name: missing
+        for r in load_rules(repo / "docker" / "rules")
         if (missing := metric_names(r.expr) - known)
     }
     assert unknown == {}
@@ -86,7 +107,10 @@ def _samples(exposition: str, name: str) -> list[dict[str, str]]:
     from prometheus_client.parser import text_string_to_metric_families
 
     return [
-        s.labels for f in text_string_to_metric_families(exposition) for s in f.samples if s.name == name
+        s.labels
+        for f in text_string_to_metric_families(exposition)
+        for s in f.samples
+        if s.name == name
     ]
 
 
@@ -95,9 +119,12 @@ def test_label_values_the_rules_filter_on_exist(exposition: str) -> None:
     components = {s["component"] for s in _samples(exposition, "hydra_uncertainty_drift_psi")}
     assert {"total", "data", "model"} <= components
     # HydraPredictionLatencyHigh: route=~".*(:predict|/infer)" must match the route labels.
-    routes = {s["route"] for s in _samples(exposition, "hydra_http_request_duration_seconds_bucket")}
+    routes = {
+        s["route"] for s in _samples(exposition, "hydra_http_request_duration_seconds_bucket")
+    }
     assert {r for r in routes if re.fullmatch(r".*(:predict|/infer)", r)} == {
-        "/v1/models/{name}:predict", "/v2/models/{name}/infer"
+        "/v1/models/{name}:predict",
+        "/v2/models/{name}/infer",
     }
     # HydraModelOnCpu: provider="CPUExecutionProvider"; the OOD rules: model and version.
     info = _samples(exposition, "hydra_model_info")
@@ -116,17 +143,28 @@ def test_multi_worker_service_exports_the_same_names(repo: Path, tmp_path: Path)
     from service_process import running_service, wait_ready
 
     inputs = build_repository(tmp_path / "models")
-    with running_service(tmp_path / "models", tmp_path / "service.log", HYDRA_WORKERS="2",
-                         HYDRA_DRIFT_WINDOW="50", HYDRA_DRIFT_MIN_SAMPLES="20") as (url, process):
+    with running_service(
+        tmp_path / "models",
+        tmp_path / "service.log",
+        HYDRA_WORKERS="2",
+        HYDRA_DRIFT_WINDOW="50",
+        HYDRA_DRIFT_MIN_SAMPLES="20",
+    ) as (url, process):
         wait_ready(url, process)
         with httpx.Client(timeout=5.0) as client:
             for start in range(0, 200, 20):  # spread over both workers
-                batch = inputs["ood"][start:start + 20].tolist()
-                response = client.post(f"{url}/v1/models/{MODEL_NAME}:predict", json={"instances": batch})
+                batch = inputs["ood"][start : start + 20].tolist()
+                response = client.post(
+                    f"{url}/v1/models/{MODEL_NAME}:predict", json={"instances": batch}
+                )
                 assert response.status_code == 200, response.text
             text = client.get(f"{url}/metrics").text
     live = live_series(text)
-    assert design_series() - live - {n for n in design_series() if n.endswith("_created")} == set()
+    # Multiprocess mode exports a labelled family only once it has a sample: no version was
+    # refused here, so the load-failure counter is legitimately absent.
+    absent_until_used = {"hydra_model_load_failures_total"}
+    created = {n for n in design_series() if n.endswith("_created")}
+    assert design_series() - live - created - absent_until_used == set()
     known = live | recorded(repo) | SCRAPE_SERIES
     for where, expr in dashboard_queries(load_dashboard(repo / DASHBOARD)):
         assert metric_names(as_promql(expr)) <= known, where
@@ -135,7 +173,9 @@ def test_multi_worker_service_exports_the_same_names(repo: Path, tmp_path: Path)
     from prometheus_client.parser import text_string_to_metric_families
 
     counted = [
-        (s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples
+        (s.labels, s.value)
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
         if s.name == "hydra_predictions_total"
     ]
     assert counted == [({"model": MODEL_NAME, "version": "1"}, 200.0)]  # summed over workers

@@ -86,12 +86,16 @@ def test_rule_unit_tests_pass(repo: Path, promtool: Path) -> None:
     assert "SUCCESS" in result.stdout
 
 
-def test_rule_unit_tests_catch_a_planted_mistake(repo: Path, promtool: Path, tmp_path: Path) -> None:
+def test_rule_unit_tests_catch_a_planted_mistake(
+    repo: Path, promtool: Path, tmp_path: Path
+) -> None:
     # The drift alert loosened from PSI 0.2 to 0.5: the test with PSI 0.35 must now fail.
     docker = copy_monitoring(repo, tmp_path)
-    replace_in(docker / "rules" / "hydra-alerts.rules.yml",
-               '(hydra_uncertainty_drift_psi{component="model"}) > 0.2',
-               '(hydra_uncertainty_drift_psi{component="model"}) > 0.5')
+    replace_in(
+        docker / "rules" / "hydra-alerts.rules.yml",
+        '(hydra_uncertainty_drift_psi{component="model"}) > 0.2',
+        '(hydra_uncertainty_drift_psi{component="model"}) > 0.5',
+    )
     result = promtool_run(promtool, "test", "rules", "rules/tests/hydra.test.yml", cwd=docker)
     assert result.returncode != 0
     out = result.stdout + result.stderr
@@ -102,12 +106,18 @@ def test_rule_unit_tests_catch_a_planted_mistake(repo: Path, promtool: Path, tmp
 def test_every_alert_is_tested_firing_and_silent(repo: Path) -> None:
     alerts = {r.name for r in load_rules(repo / "docker" / "rules") if r.kind == "alert"}
     cases = alert_test_cases(repo / "docker" / "rules" / "tests")
-    untested = sorted(a for a in alerts if cases.get(a, {}).get("firing", 0) == 0 or cases[a]["silent"] == 0)
+    untested = sorted(
+        a for a in alerts if cases.get(a, {}).get("firing", 0) == 0 or cases[a]["silent"] == 0
+    )
     assert untested == [], f"alerts without both a firing and a silent test case: {untested}"
     assert set(cases) <= alerts, f"tests name unknown alerts: {sorted(set(cases) - alerts)}"
     expected = {
-        "HydraOodRateHigh", "HydraModelUncertaintyDrift", "HydraModelOnCpu",
-        "HydraPredictionLatencyHigh", "HydraErrorRatioHigh", "HydraTargetDown",
+        "HydraOodRateHigh",
+        "HydraModelUncertaintyDrift",
+        "HydraModelOnCpu",
+        "HydraPredictionLatencyHigh",
+        "HydraErrorRatioHigh",
+        "HydraTargetDown",
     }
     assert expected <= alerts
 
@@ -116,7 +126,9 @@ def test_untested_alert_is_caught(repo: Path, tmp_path: Path) -> None:
     docker = copy_monitoring(repo, tmp_path)
     alerts_file = docker / "rules" / "hydra-alerts.rules.yml"
     data = yaml.safe_load(alerts_file.read_text())
-    data["groups"][0]["rules"].append({"alert": "HydraQueueFull", "expr": "hydra_queue_depth > 200"})
+    data["groups"][0]["rules"].append(
+        {"alert": "HydraQueueFull", "expr": "hydra_queue_depth > 200"}
+    )
     alerts_file.write_text(yaml.safe_dump(data))
     with pytest.raises(AssertionError, match="HydraQueueFull"):
         test_every_alert_is_tested_firing_and_silent(tmp_path)
@@ -126,9 +138,7 @@ def test_untested_alert_is_caught(repo: Path, tmp_path: Path) -> None:
 def unknown_metrics(rules_dir: Path, exported: set[str]) -> dict[str, set[str]]:
     rules = load_rules(rules_dir)
     known = exported | SCRAPE_SERIES | {r.name for r in rules if r.kind == "record"}
-    return {
-        r.name: missing for r in rules if (missing := metric_names(r.expr) - known)
-    }
+    return {r.name: missing for r in rules if (missing := metric_names(r.expr) - known)}
 
 
 def test_rules_read_only_exported_or_recorded_metrics(repo: Path) -> None:
@@ -137,8 +147,11 @@ def test_rules_read_only_exported_or_recorded_metrics(repo: Path) -> None:
 
 def test_misspelled_metric_in_a_rule_is_caught(repo: Path, tmp_path: Path) -> None:
     docker = copy_monitoring(repo, tmp_path)
-    replace_in(docker / "rules" / "hydra-recording.rules.yml",
-               "rate(hydra_ood_predictions_total[5m])", "rate(hydra_ood_prediction_total[5m])")
+    replace_in(
+        docker / "rules" / "hydra-recording.rules.yml",
+        "rate(hydra_ood_predictions_total[5m])",
+        "rate(hydra_ood_prediction_total[5m])",
+    )
     assert unknown_metrics(docker / "rules", design_series()) == {
         "model:hydra_ood_predictions:rate5m": {"hydra_ood_prediction_total"}
     }

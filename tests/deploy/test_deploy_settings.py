@@ -22,7 +22,11 @@ def settings_problems(env: dict[str, str | None], monkeypatch: pytest.MonkeyPatc
     from app.settings import Settings
 
     fields = {f"{PREFIX}{name.upper()}" for name in Settings.model_fields}
-    problems = [f"{name} is not a service setting" for name in env if name.startswith(PREFIX) and name not in fields]
+    problems = [
+        f"{name} is not a service setting"
+        for name in env
+        if name.startswith(PREFIX) and name not in fields
+    ]
     for name in list(os.environ):
         if name.startswith(PREFIX):
             monkeypatch.delenv(name)
@@ -36,11 +40,18 @@ def settings_problems(env: dict[str, str | None], monkeypatch: pytest.MonkeyPatc
     return problems
 
 
-def compose_environment(compose_bin: Path, repo: Path, extra: dict[str, str]) -> dict[str, str | None]:
+def compose_environment(
+    compose_bin: Path, repo: Path, extra: dict[str, str]
+) -> dict[str, str | None]:
     env = {"PATH": os.environ.get("PATH", ""), "GRAFANA_ADMIN_PASSWORD": "x", **extra}
     result = subprocess.run(
         [str(compose_bin), "--env-file", os.devnull, "config", "--format", "json"],
-        capture_output=True, text=True, timeout=60, check=True, env=env, cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env=env,
+        cwd=repo,
     )
     return json.loads(result.stdout)["services"]["hydra"]["environment"]
 
@@ -69,7 +80,9 @@ def test_a_misspelled_setting_is_caught(monkeypatch: pytest.MonkeyPatch) -> None
     assert problems == ["HYDRA_WORKER is not a service setting"]
 
 
-def test_image_and_deployment_give_the_service_valid_settings(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_image_and_deployment_give_the_service_valid_settings(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _, stages = parse((repo / "Dockerfile").read_text())
     image_env: dict[str, str | None] = {}
     for ins in stages[-1].all("ENV"):
