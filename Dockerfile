@@ -23,7 +23,7 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --gid "${HYDRA_UID}" hydra \
-    && useradd --uid "${HYDRA_UID}" --gid "${HYDRA_UID}" --no-create-home \
+    && useradd --uid "${HYDRA_UID}" --gid "${HYDRA_UID}" --create-home --home-dir /home/hydra \
         --shell /usr/sbin/nologin hydra \
     && mkdir -p /models \
     && chown "${HYDRA_UID}:${HYDRA_UID}" /models
@@ -59,9 +59,13 @@ ARG HYDRA_UID
 COPY --from=train-build /opt/venv /opt/venv
 COPY configs /opt/hydra/configs
 WORKDIR /opt/hydra
+# Checkpoints go to runs/ under the working directory (a rerun resumes from them).
+RUN mkdir -p /opt/hydra/runs \
+    && chown "${HYDRA_UID}:${HYDRA_UID}" /opt/hydra/runs
+ENV HOME=/home/hydra
 USER ${HYDRA_UID}:${HYDRA_UID}
 # Publishes a new version atomically under /models/<name>/<version>/ (the shared volume).
-VOLUME ["/models"]
+VOLUME ["/models", "/opt/hydra/runs"]
 ENTRYPOINT ["hydra-train"]
 CMD ["run", "--config", "configs/digits.toml", "--repository", "/models"]
 
@@ -70,7 +74,8 @@ ARG HYDRA_UID
 COPY --from=service-build /opt/venv /opt/venv
 ENV HYDRA_REPOSITORY=/models \
     HYDRA_HOST=0.0.0.0 \
-    HYDRA_PORT=8000
+    HYDRA_PORT=8000 \
+    HOME=/home/hydra
 WORKDIR /opt/hydra
 USER ${HYDRA_UID}:${HYDRA_UID}
 # The model repository is data, not part of the image: mount it (read-only is enough).

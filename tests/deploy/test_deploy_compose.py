@@ -104,6 +104,8 @@ def test_stack_wiring(repo: Path, compose_bin: Path) -> None:
     assert train_models[0]["source"] == models[0]["source"]  # the same named volume
     assert not train_models[0].get("read_only", False)
     assert "/models" in train["command"]
+    # Training checkpoints into runs/ under its working directory: a volume, so reruns resume.
+    assert "/opt/hydra/runs" in {v["target"] for v in train["volumes"]}
 
 
 def test_gpu_override_reserves_a_gpu_and_marks_the_target(repo: Path, compose_bin: Path) -> None:
