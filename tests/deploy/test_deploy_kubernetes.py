@@ -254,3 +254,21 @@ def test_in_cluster_scrape_config_maps_the_pod_labels(repo: Path) -> None:
     assert gpu_label in sources
     targets = {r.get("target_label") for r in job["relabel_configs"]}
     assert {"gpu_expected", "__address__", "__metrics_path__"} <= targets
+
+
+def test_in_cluster_scrape_config_mistake_is_caught(
+    repo: Path, promtool: Path, tmp_path: Path
+) -> None:
+    path = scrape_config_for_promtool(repo, tmp_path)
+    text = path.read_text()
+    assert "(true|false)" in text
+    path.write_text(text.replace("(true|false)", "(true|false", 1))
+    result = subprocess.run(
+        [str(promtool), "check", "config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "missing closing )" in result.stdout + result.stderr
