@@ -7,11 +7,12 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request
 
-from app.deps import ApiKey, RepositoryDep, SettingsDep, note_request
-from app.http import OrjsonResponse
+from app.deps import RepositoryDep, check_api_key, note_request, parse_body
+from app.http import OrjsonResponse, body_doc
 from app.repository import ServedModel
 from app.runtime import Outputs
 from app.schemas import V1Error, V1PredictRequest, V1PredictResponse
+from app.settings import Settings
 from app.tensors import instances_to_batch
 
 router = APIRouter(prefix="/v1", tags=["v1"])
@@ -89,13 +90,16 @@ def predictions(served: ServedModel, out: Outputs, return_heads: bool) -> list[d
     response_model=V1PredictResponse,
     response_class=OrjsonResponse,
     responses=ERRORS,
-    dependencies=[ApiKey],
+    openapi_extra=body_doc("V1PredictRequest"),
     summary="Predict with uncertainty and OOD flags",
 )
-async def predict(
-    name: str, body: V1PredictRequest, request: Request, repo: RepositoryDep, settings: SettingsDep
-) -> OrjsonResponse:
-    served = repo.get(name)
+async def predict(name: str, request: Request) -> OrjsonResponse:
+    # The hot path takes no FastAPI dependencies and parses its own body: dependency
+    # resolution costs more per request than everything else here (see BENCHMARKS.md).
+    settings: Settings = request.app.state.settings
+    check_api_key(request, settings)
+    served = request.app.state.repository.get(name)
+    body = parse_body(await request.body(), V1PredictRequest, '{"instances": [...]}')
     model = served.model
     batch = instances_to_batch(body.instances, model.meta.feature_shape, settings.max_instances)
     note_request(request, name, model.version, len(batch))

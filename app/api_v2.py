@@ -6,7 +6,6 @@ Triton client libraries use by default. Errors are ``{"error": "..."}``.
 
 from __future__ import annotations
 
-import json
 from importlib.metadata import PackageNotFoundError, version as package_version
 from typing import Any
 
@@ -14,14 +13,14 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import ValidationError
 
 from app.contract import expected_output_shapes
-from app.deps import ApiKey, RepositoryDep, SettingsDep, note_request, parse_version
-from app.errors import InvalidInput, InvalidJson
-from app.http import OrjsonResponse
+from app.deps import RepositoryDep, check_api_key, note_request, parse_body, parse_version
+from app.errors import InvalidInput
+from app.http import OrjsonResponse, body_doc
 from app.repository import ServedModel
 from app.schemas import V2Error, V2InferRequest, V2InferResponse, V2ModelMetadata
+from app.settings import Settings
 from app.tensors import tensor_to_batch
 
 router = APIRouter(prefix="/v2", tags=["v2"])
@@ -118,24 +117,8 @@ async def model_version_ready(name: str, version: str, repo: RepositoryDep) -> d
     return _ready_body(_served(repo, name, version))
 
 
-_INFER_DOC: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        # The schema itself is added to components in app.main (FastAPI does not see it).
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/V2InferRequest"}}},
-    }
-}
-
-
-def _parse_json(raw: bytes) -> Any:
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        pass
-    try:  # the standard parser also takes NaN/Infinity, so they are refused as non-finite
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidJson(f"request body: a JSON object expected, got invalid JSON ({exc})") from exc
+_INFER_DOC = body_doc("V2InferRequest")
+_EXPECTED = "an object with 'inputs': [{name, shape, datatype, data}]"
 
 
 def _parse_request(raw: bytes, header_length: str | None) -> tuple[V2InferRequest, bytes]:
@@ -152,23 +135,13 @@ def _parse_request(raw: bytes, header_length: str | None) -> tuple[V2InferReques
                 f"Inference-Header-Content-Length: 0..{len(raw)} expected, got {n}"
             )
         raw, binary = raw[:n], raw[n:]
-    obj = _parse_json(raw)
-    if not isinstance(obj, dict):
-        raise InvalidInput(f"request body: a JSON object expected, got {type(obj).__name__}")
-    try:
-        return V2InferRequest.model_validate(obj), binary
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise InvalidInput(
-            f"inference request: {where}: {first['msg']} (an object with 'inputs': "
-            "[{name, shape, datatype, data}] expected)"
-        ) from exc
+    return parse_body(raw, V2InferRequest, _EXPECTED), binary
 
 
-async def _infer(name: str, version: str | None, request: Request, repo: RepositoryDep,
-                 settings: SettingsDep) -> Response:
-    served = _served(repo, name, version)
+async def _infer(name: str, version: str | None, request: Request) -> Response:
+    settings: Settings = request.app.state.settings
+    check_api_key(request, settings)
+    served = _served(request.app.state.repository, name, version)
     model = served.model
     req, binary = _parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
     names = [t.name for t in req.inputs]
@@ -230,14 +203,12 @@ async def _infer(name: str, version: str | None, request: Request, repo: Reposit
 
 
 @router.post("/models/{name}/infer", response_model=V2InferResponse, responses=ERRORS,
-             dependencies=[ApiKey], openapi_extra=_INFER_DOC, summary="Inference")
-async def infer(name: str, request: Request, repo: RepositoryDep, settings: SettingsDep) -> Response:
-    return await _infer(name, None, request, repo, settings)
+             openapi_extra=_INFER_DOC, summary="Inference")
+async def infer(name: str, request: Request) -> Response:
+    return await _infer(name, None, request)
 
 
 @router.post("/models/{name}/versions/{version}/infer", response_model=V2InferResponse,
-             responses=ERRORS, dependencies=[ApiKey], openapi_extra=_INFER_DOC,
-             summary="Inference on a given version")
-async def infer_version(name: str, version: str, request: Request, repo: RepositoryDep,
-                        settings: SettingsDep) -> Response:
-    return await _infer(name, version, request, repo, settings)
+             responses=ERRORS, openapi_extra=_INFER_DOC, summary="Inference on a given version")
+async def infer_version(name: str, version: str, request: Request) -> Response:
+    return await _infer(name, version, request)

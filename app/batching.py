@@ -1,9 +1,13 @@
 """Dynamic batching: requests for one model version are gathered into one ONNX Runtime call.
 
 A bounded FIFO of pending requests; one worker task per batcher takes up to
-``max_batch_size`` instances, waiting at most ``max_delay_s`` after the oldest request
-arrived, and runs the blocking inference in a thread (never on the event loop). A full queue
-refuses at once (``Overloaded``) instead of letting the wait grow without bound.
+``max_batch_size`` instances and runs the blocking inference in a thread (never on the event
+loop). After the oldest request arrives it keeps gathering while more keep coming: it yields
+to the event loop once per step and dispatches as soon as one loop iteration brings no new
+request, or at ``max_delay_s`` at the latest. So a lone request is not held back for the
+full delay, while under load everything that queued during the previous ORT call goes into
+the next one. A full queue refuses at once (``Overloaded``) instead of letting the wait
+grow without bound.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ class Batcher:
         self._closing = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{label}")
         self._task: asyncio.Task[None] | None = None
+        self._arrivals = 0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self._label}")
@@ -87,6 +92,7 @@ class Batcher:
             )
         item = _Pending(batch, asyncio.get_running_loop().create_future())
         self._pending.append(item)
+        self._arrivals += 1
         self._observer.queue_depth(len(self._pending))
         self._wake.set()
         try:
@@ -110,15 +116,12 @@ class Batcher:
             await self._wake.wait()
         deadline = self._pending[0].enqueued + self._max_delay
         while not self._closing and sum(p.size for p in self._pending) < self._max_batch:
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
+            if time.perf_counter() >= deadline:
                 break
-            self._wake.clear()
-            try:
-                async with asyncio.timeout(remaining):
-                    await self._wake.wait()
-            except TimeoutError:
-                break
+            before = self._arrivals
+            await asyncio.sleep(0)  # one event-loop iteration: I/O and other handlers run
+            if self._arrivals == before:
+                break  # a quiet iteration: nobody else is about to join this batch
         batch: list[_Pending] = []
         size = 0
         while self._pending:

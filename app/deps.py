@@ -1,31 +1,40 @@
-"""Typed dependencies for the route handlers."""
+"""Typed dependencies for the route handlers. All are ``async def``: FastAPI runs plain
+functions in a thread pool, a hand-off that costs more than the dependency itself."""
 
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+import json
+from typing import Annotated, Any, TypeVar
 
+import orjson
 from fastapi import Depends, Request
+from pydantic import BaseModel, ValidationError
 
-from app.errors import Forbidden, InvalidInput, Unauthenticated
+from app.errors import Forbidden, InvalidInput, InvalidJson, Unauthenticated
 from app.repository import ModelRepository
 from app.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_repository(request: Request) -> ModelRepository:
+async def get_repository(request: Request) -> ModelRepository:
     return request.app.state.repository
 
 
+BodyT = TypeVar("BodyT", bound=BaseModel)
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RepositoryDep = Annotated[ModelRepository, Depends(get_repository)]
 
 
-def require_api_key(request: Request, settings: SettingsDep) -> None:
+async def require_api_key(request: Request, settings: SettingsDep) -> None:
     """Prediction endpoints only: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``."""
+    check_api_key(request, settings)
+
+
+def check_api_key(request: Request, settings: Settings) -> None:
     if settings.api_key is None:
         return
     given = request.headers.get("x-api-key")
@@ -45,6 +54,32 @@ def require_api_key(request: Request, settings: SettingsDep) -> None:
 ApiKey = Depends(require_api_key)
 
 
+def parse_json(raw: bytes) -> Any:
+    """orjson first (fast); the standard parser as a fallback takes NaN/Infinity literals,
+    so that they are refused later as non-finite values with a clear message."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidJson(f"request body: valid JSON expected, got invalid JSON ({exc})") from exc
+
+
+def parse_body(raw: bytes, model: type[BodyT], expected: str) -> BodyT:
+    """The request body as ``model``; every failure is a 400 that says what was expected."""
+    obj = parse_json(raw)
+    if not isinstance(obj, dict):
+        raise InvalidInput(f"request body: a JSON object {expected} expected, got {type(obj).__name__}")
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise InvalidInput(f"request body: {where}: {first['msg']} ({expected} expected)") from exc
+
+
 def parse_version(version: str) -> int:
     if not version.isdigit():
         raise InvalidInput(f"model version must be a non-negative integer, got {version[:40]!r}")
@@ -53,6 +88,7 @@ def parse_version(version: str) -> int:
 
 def note_request(request: Request, model: str, version: int, instances: int) -> None:
     """What the access log line reports besides method, route and status."""
-    request.state.model = model
-    request.state.version = version
-    request.state.instances = instances
+    state = request.scope["state"]  # the dict the access log middleware reads
+    state["model"] = model
+    state["version"] = version
+    state["instances"] = instances

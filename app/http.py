@@ -1,6 +1,9 @@
 """HTTP plumbing: the JSON response class, protocol-shaped errors, and two ASGI middlewares
 (request size limit before any parsing; one log line and the HTTP metrics per request)."""
 
+# Request bodies are never buffered twice: BodyLimitMiddleware checks Content-Length up front
+# and counts the bytes as the handler reads them.
+
 from __future__ import annotations
 
 import logging
@@ -24,6 +27,16 @@ class OrjsonResponse(Response):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def body_doc(schema: str) -> dict[str, Any]:
+    """OpenAPI request body for handlers that parse their own body (schema added in app.main)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+        }
+    }
 
 
 def error_body(path: str, code: str, message: str) -> dict[str, str]:
@@ -65,32 +78,21 @@ class BodyLimitMiddleware:
                     too_large.message += f", Content-Length says {declared}"
                     await error_response(scope["path"], too_large)(scope, receive, send)
                     return
-        chunks: list[bytes] = []
         size = 0
-        while True:
+
+        async def counting_receive() -> Message:
+            # Counted as it streams in: a body without (or lying about) Content-Length is
+            # stopped at the limit; the handler's read raises, the error handler answers 413.
+            nonlocal size
             message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                too_large.message += f", got more than that ({size} bytes so far)"
-                await error_response(scope["path"], too_large)(scope, receive, send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        sent = False
+            if message["type"] == "http.request":
+                size += len(message.get("body", b""))
+                if size > self.max_bytes:
+                    too_large.message += f", got more than that ({size} bytes so far)"
+                    raise too_large
+            return message
 
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, counting_receive, send)
 
 
 def _route_label(scope: Scope) -> str:
@@ -109,6 +111,7 @@ class AccessLogMiddleware:
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -130,8 +133,16 @@ class AccessLogMiddleware:
             duration = time.perf_counter() - started
             route = _route_label(scope)
             method = scope["method"]
-            self.metrics.http_requests.labels(route, method, str(status)).inc()
-            self.metrics.http_duration.labels(route, method).observe(duration)
+            key = (route, method, status)
+            children = self._children.get(key)
+            if children is None:  # label lookups once per (route, method, status)
+                children = (
+                    self.metrics.http_requests.labels(route, method, str(status)),
+                    self.metrics.http_duration.labels(route, method),
+                )
+                self._children[key] = children
+            children[0].inc()
+            children[1].observe(duration)
             state = scope["state"]
             logger.info(
                 "%s %s %d %.1fms", method, route, status, duration * 1000.0,

@@ -19,7 +19,7 @@ from app.errors import ServiceError
 from app.http import AccessLogMiddleware, BodyLimitMiddleware, OrjsonResponse, error_body, error_response
 from app.metrics import ServiceMetrics, multiprocess_enabled
 from app.repository import ModelRepository
-from app.schemas import V2InferRequest
+from app.schemas import V1PredictRequest, V2InferRequest
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -111,10 +111,11 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
 
             schema = get_openapi(title=app.title, version=app.version, routes=app.routes,
                                  summary=app.summary)
-            extra = V2InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update(extra.pop("$defs", {}))
-            components["V2InferRequest"] = extra
+            for model in (V1PredictRequest, V2InferRequest):  # bodies parsed by the handlers
+                extra = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(extra.pop("$defs", {}))
+                components[model.__name__] = extra
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -3,8 +3,6 @@ compared with the model's reference distribution by the population stability ind
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import numpy.typing as npt
 
@@ -45,23 +43,33 @@ class ScoreWindow:
 
 
 class DriftMonitor:
-    """PSI per component for one model version's traffic; NaN until ``min_samples`` arrived."""
+    """PSI per component for one model version's traffic.
+
+    ``observe`` returns the PSI of the window when at least ``min_samples`` are in it and
+    ``every`` new scores arrived since the last computation (an empty dict otherwise): the
+    gauge follows the traffic without a numpy pass per single-instance request.
+    """
 
     def __init__(
-        self, references: dict[str, DriftReference], window: int, min_samples: int
+        self, references: dict[str, DriftReference], window: int, min_samples: int, every: int = 10
     ) -> None:
         self.references = dict(references)
         self.min_samples = min_samples
+        self.every = every
+        self._fresh = 0
         self._windows = {c: ScoreWindow(window) for c in UNCERTAINTY_COMPONENTS if c in references}
 
     def observe(self, outputs: dict[str, npt.NDArray[np.generic]]) -> dict[str, float]:
-        """Add one batch's uncertainties [B]; return the PSI of each component."""
-        psi: dict[str, float] = {}
+        """Add one batch's uncertainties [B]; maybe return the PSI of each component."""
+        size = 0
         for component, window in self._windows.items():
-            window.extend(outputs[f"{component}_uncertainty"])
-            psi[component] = (
-                self.references[component].psi(window.values())
-                if len(window) >= self.min_samples
-                else math.nan
-            )
-        return psi
+            scores = outputs[f"{component}_uncertainty"]
+            window.extend(scores)
+            size = len(scores)
+        self._fresh += size
+        if not self._windows or self._fresh < self.every:
+            return {}
+        if len(next(iter(self._windows.values()))) < self.min_samples:
+            return {}
+        self._fresh = 0
+        return {c: self.references[c].psi(w.values()) for c, w in self._windows.items()}

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,8 +86,7 @@ class _Observer(BatchObserver):
         # Drift is about the traffic of a model's default version, judged by its reference.
         if self._repo.default_version(name) == self._model.version:
             for component, psi in self._drift.observe(outputs).items():
-                if not math.isnan(psi):
-                    m.drift_psi.labels(name, component).set(psi)
+                m.drift_psi.labels(name, component).set(psi)
 
 
 class ModelRepository:

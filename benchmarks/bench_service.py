@@ -1,0 +1,343 @@
+"""Service benchmark: throughput and latency of the HTTP service against two baselines.
+
+In one run on this machine: requests/s and p50/p99 latency at concurrency 1, 8 and 64, with
+batching on and off, beside (a) ONNX Runtime called directly in-process on the same inputs
+and (b) a bare FastAPI endpoint on the same server stack (uvicorn) that reads the request
+and returns a JSON body of the same size as the service's answer. Prints the ratios
+(service / bare at c=64; batching on / off) and the service's resident memory under load.
+
+Each server runs as a subprocess on 127.0.0.1; the load comes from a separate process with a
+minimal keep-alive HTTP/1.1 client (asyncio streams), so the client's own cost stays small.
+
+    python benchmarks/bench_service.py                       # models/digits newest, else a test model
+    python benchmarks/bench_service.py --model-dir models/cnn/2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+ROOT = Path(__file__).resolve().parents[1]
+CONCURRENCY = (1, 8, 64)
+
+
+# -- load generation (runs in its own process) ------------------------------------------------
+
+
+def _request_bytes(path: str, body: bytes) -> bytes:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def _connection(port: int, request: bytes, start: float, stop: float,
+                      latencies: list[float], statuses: dict[int, int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+            if t0 >= start:  # the first part of each run is warm-up
+                latencies.append(time.perf_counter() - t0)
+                statuses[status] = statuses.get(status, 0) + 1
+    finally:
+        writer.close()
+
+
+def _load(port: int, request: bytes, concurrency: int, warmup: float, duration: float, out: mp.Queue) -> None:
+    async def main() -> tuple[list[float], dict[int, int]]:
+        latencies: list[float] = []
+        statuses: dict[int, int] = {}
+        now = time.perf_counter()
+        await asyncio.gather(*[
+            _connection(port, request, now + warmup, now + warmup + duration, latencies, statuses)
+            for _ in range(concurrency)
+        ])
+        return latencies, statuses
+
+    out.put(asyncio.run(main()))
+
+
+def measure(port: int, request: bytes, concurrency: int, duration: float, pid: int | None = None) -> dict:
+    """Run the load in a child process; sample the server's RSS meanwhile."""
+    import psutil
+
+    ctx = mp.get_context("spawn")
+    queue: mp.Queue = ctx.Queue()
+    warmup = 0.5
+    proc = ctx.Process(
+        target=_load, args=(port, request, concurrency, warmup, duration, queue)
+    )
+    proc.start()
+    rss = 0
+    server = psutil.Process(pid) if pid else None
+    while proc.is_alive() and queue.empty():
+        if server is not None:
+            rss = max(rss, server.memory_info().rss)
+        time.sleep(0.1)
+    latencies, statuses = queue.get(timeout=60)
+    proc.join(10)
+    lat = np.asarray(latencies) * 1000.0
+    return {
+        "concurrency": concurrency,
+        "rps": len(lat) / duration,
+        "p50_ms": float(np.percentile(lat, 50)) if lat.size else float("nan"),
+        "p99_ms": float(np.percentile(lat, 99)) if lat.size else float("nan"),
+        "errors": sum(n for s, n in statuses.items() if s != 200),
+        "rss_mb": rss / 2**20,
+    }
+
+
+# -- servers -----------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(port: int, path: str, timeout: float = 60.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}{path}", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"server on {port} not ready after {timeout}s")
+
+
+def start_service(repo: Path, batching: bool) -> tuple[subprocess.Popen, int]:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "HYDRA_REPOSITORY": str(repo),
+        "HYDRA_PORT": str(port),
+        "HYDRA_BATCHING": "true" if batching else "false",
+        "HYDRA_QUEUE_SIZE": "1024",
+        "HYDRA_POLL_INTERVAL_S": "60",
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "app"], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_http(port, "/v2/health/ready")
+    return proc, port
+
+
+def start_bare(size: int) -> tuple[subprocess.Popen, int]:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--bare-server", str(port), str(size)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_http(port, "/health")
+    return proc, port
+
+
+def run_bare_server(port: int, size: int) -> None:
+    """A FastAPI endpoint on the same stack (uvicorn, same defaults) returning `size` bytes."""
+    import uvicorn
+
+    payload = json.dumps({"data": "x" * max(0, size - 12)}).encode()
+    app = FastAPI()
+
+    @app.post("/v1/models/{name}:predict")
+    async def predict(name: str, request: Request) -> Response:
+        await request.body()
+        return Response(payload, media_type="application/json")
+
+    @app.get("/health")
+    async def health() -> dict[str, bool]:
+        return {"ok": True}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# -- direct ONNX Runtime -------------------------------------------------------------------------
+
+
+def direct_ort(model: Path, x: np.ndarray, duration: float) -> list[dict]:
+    import onnxruntime as ort
+
+    from app.runtime import session_options
+
+    sess = ort.InferenceSession(str(model), sess_options=session_options(),
+                                providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    rows = []
+    for batch in (1, 64):
+        inp = np.ascontiguousarray(np.resize(x, (batch, *x.shape[1:])), dtype=np.float32)
+        for _ in range(20):
+            sess.run(None, {"input": inp})
+        lat = []
+        stop_at = time.perf_counter() + duration
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            sess.run(None, {"input": inp})
+            lat.append(time.perf_counter() - t0)
+        arr = np.asarray(lat) * 1000
+        rows.append({"batch": batch, "samples_per_s": batch * len(arr) / duration,
+                     "p50_ms": float(np.percentile(arr, 50)), "p99_ms": float(np.percentile(arr, 99)),
+                     "provider": sess.get_providers()[0]})
+    return rows
+
+
+# -- model --------------------------------------------------------------------------------------
+
+
+def find_model(model_dir: str | None, tmp: Path) -> tuple[Path, str]:
+    """The model file to serve and a description of where it came from."""
+    if model_dir:
+        d = Path(model_dir)
+        if (d / "model.onnx").is_file():
+            return d / "model.onnx", str(d)
+        versions = sorted((p for p in d.iterdir() if p.name.isdigit() and (p / "model.onnx").is_file()),
+                          key=lambda p: int(p.name))
+        if versions:
+            return versions[-1] / "model.onnx", str(versions[-1])
+        raise SystemExit(f"no model.onnx in {d} or its version folders")
+    found = sorted(ROOT.glob("models/digits/*/model.onnx"), key=lambda p: int(p.parent.name)
+                   if p.parent.name.isdigit() else -1)
+    if found:
+        return found[-1], str(found[-1].parent.relative_to(ROOT))
+    sys.path.insert(0, str(ROOT / "tests" / "app"))
+    import contract_models as cm
+
+    split = cm.digits_split()
+    built = cm.build_classifier(split["train_x"], split["train_y"], split["calib_x"])
+    path = tmp / "contract_model.onnx"
+    path.write_bytes(built.data)
+    return path, "tests/app/contract_models.py classifier (5 linear heads, no trained model found)"
+
+
+def sample_inputs(model: Path) -> np.ndarray:
+    import onnxruntime as ort
+
+    from app.contract import ModelMetadata
+
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    meta = ModelMetadata.from_props(dict(sess.get_modelmeta().custom_metadata_map))
+    shape = meta.feature_shape
+    if int(np.prod(shape)) == 64:  # digits-like: real images
+        from sklearn.datasets import load_digits
+
+        return load_digits().data[:256].astype(np.float32).reshape(-1, *shape)
+    return np.random.default_rng(0).normal(size=(256, *shape)).astype(np.float32)
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", help="a version folder with model.onnx, or a model folder")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds measured per cell")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--bare-server", nargs=2, type=int, metavar=("PORT", "SIZE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.bare_server:
+        run_bare_server(*args.bare_server)
+        return
+
+    started = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix="hydra-bench-"))
+    try:
+        model, source = find_model(args.model_dir, tmp)
+        repo = tmp / "repo"
+        (repo / "bench" / "1").mkdir(parents=True)
+        shutil.copy(model, repo / "bench" / "1" / "model.onnx")
+        x = sample_inputs(model)
+        body = json.dumps({"instances": [x[0].ravel().tolist()]}).encode()
+        request = _request_bytes("/v1/models/bench:predict", body)
+        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+              f"python {platform.python_version()}")
+        print(f"model: {source}; one instance per request ({len(body)} bytes)")
+
+        results: dict[str, list[dict]] = {}
+        response_size = 0
+        for batching in (True, False):
+            proc, port = start_service(repo, batching)
+            try:
+                import httpx
+
+                response_size = len(httpx.post(f"http://127.0.0.1:{port}/v1/models/bench:predict",
+                                               content=body, headers={"content-type": "application/json"}).content)
+                results[f"service, batching {'on' if batching else 'off'}"] = [
+                    measure(port, request, c, args.duration, proc.pid) for c in CONCURRENCY
+                ]
+            finally:
+                stop(proc)
+        proc, port = start_bare(response_size)
+        try:
+            results["bare FastAPI endpoint"] = [measure(port, request, c, args.duration) for c in CONCURRENCY]
+        finally:
+            stop(proc)
+        direct = direct_ort(model, x, min(args.duration, 2.0))
+
+        print(f"response body: {response_size} bytes (the bare endpoint returns the same size)\n")
+        print("| server | concurrency | requests/s | p50 ms | p99 ms | errors | RSS MB |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for name, rows in results.items():
+            for r in rows:
+                rss = f"{r['rss_mb']:.0f}" if r["rss_mb"] else "-"
+                print(f"| {name} | {r['concurrency']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | "
+                      f"{r['p99_ms']:.2f} | {r['errors']} | {rss} |")
+        print("\n| ONNX Runtime in-process | batch | samples/s | p50 ms | p99 ms |")
+        print("|---|---:|---:|---:|---:|")
+        for r in direct:
+            print(f"| {r['provider']} | {r['batch']} | {r['samples_per_s']:.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} |")
+
+        on = {r["concurrency"]: r for r in results["service, batching on"]}
+        off = {r["concurrency"]: r for r in results["service, batching off"]}
+        bare = {r["concurrency"]: r for r in results["bare FastAPI endpoint"]}
+        rss = max(r["rss_mb"] for r in [*on.values(), *off.values()])
+        print("\nratios:")
+        print(f"  service (batching on) / bare endpoint at c=64: {on[64]['rps'] / bare[64]['rps']:.2f} (goal >= 0.60)")
+        for c in CONCURRENCY:
+            print(f"  batching on / off at c={c}: {on[c]['rps'] / off[c]['rps']:.2f}")
+        print(f"  service at c=64 / direct ORT batch-1 calls: {on[64]['rps'] / direct[0]['samples_per_s']:.2f}")
+        print(f"service RSS under load (one worker): {rss:.0f} MB (goal < 300 MB)")
+        print(f"total time: {time.perf_counter() - started:.0f}s")
+        if args.json:
+            args.json.write_text(json.dumps({"model": source, "results": results, "direct": direct,
+                                             "response_bytes": response_size, "rss_mb": rss}, indent=2))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
