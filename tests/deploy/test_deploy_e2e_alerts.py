@@ -1,6 +1,7 @@
 """End to end on this machine: the service and a real Prometheus running the project's own
 prometheus.yml and rule files. In-distribution traffic first (no alert), then OOD traffic,
-until the OOD-rate and drift alerts are `firing` in Prometheus' /api/v1/alerts.
+until the OOD-rate and drift alerts are `firing` in Prometheus' /api/v1/alerts. And with the
+GPU override's target file, the CPU-only service fires HydraModelOnCpu.
 
 Only what a test must change is rewritten, in tmp_path: the targets (127.0.0.1 and free
 ports), the scrape and evaluation intervals (1 s) and the alerts' `for:` durations (2 s).
@@ -28,8 +29,13 @@ SHORT_FOR = "2s"
 BUDGET_S = 90.0
 
 
-def prometheus_setup(repo: Path, dest: Path, service_port: int, prometheus_port: int) -> Path:
-    """The project's Prometheus files under dest, adjusted for a local run; returns the config."""
+def prometheus_setup(
+    repo: Path, dest: Path, service_port: int, prometheus_port: int, targets: str = "targets"
+) -> Path:
+    """The project's Prometheus files under dest, adjusted for a local run; returns the config.
+
+    targets: which target folder to use, "targets" (compose) or "targets-gpu" (GPU override).
+    """
     docker = repo / "docker"
     dest.mkdir()
     config = yaml.safe_load((docker / "prometheus.yml").read_text())
@@ -45,11 +51,11 @@ def prometheus_setup(repo: Path, dest: Path, service_port: int, prometheus_port:
             ]
     (dest / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
 
-    targets = (docker / "targets" / "hydra.yml").read_text()
-    assert "hydra:8000" in targets
+    target_file = (docker / targets / "hydra.yml").read_text()
+    assert "hydra:8000" in target_file
     (dest / "targets").mkdir()
     (dest / "targets" / "hydra.yml").write_text(
-        targets.replace("hydra:8000", f"127.0.0.1:{service_port}")
+        target_file.replace("hydra:8000", f"127.0.0.1:{service_port}")
     )
 
     (dest / "rules").mkdir()
@@ -82,8 +88,10 @@ def wait_until(check, timeout_s: float, what: str, processes: list[subprocess.Po
         time.sleep(0.25)
 
 
-@pytest.fixture
-def stack(repo: Path, prometheus_bin: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
+@pytest.fixture(params=["targets"])
+def stack(
+    request: pytest.FixtureRequest, repo: Path, prometheus_bin: Path, tmp_path: Path
+) -> Iterator[dict[str, Any]]:
     inputs = build_repository(tmp_path / "models")
     settings = {"HYDRA_DRIFT_WINDOW": "200", "HYDRA_DRIFT_MIN_SAMPLES": "100"}
     with running_service(tmp_path / "models", tmp_path / "service.log", **settings) as (
@@ -92,7 +100,9 @@ def stack(repo: Path, prometheus_bin: Path, tmp_path: Path) -> Iterator[dict[str
     ):
         service_port = int(service.rsplit(":", 1)[1])
         prometheus_port = free_port()
-        config = prometheus_setup(repo, tmp_path / "prometheus", service_port, prometheus_port)
+        config = prometheus_setup(
+            repo, tmp_path / "prometheus", service_port, prometheus_port, request.param
+        )
         with (tmp_path / "prometheus.log").open("wb") as log:
             prometheus = subprocess.Popen(
                 [
@@ -214,3 +224,21 @@ def test_ood_traffic_fires_the_ood_rate_and_drift_alerts(stack: dict[str, Any]) 
         # The service runs on the CPU where no GPU is expected, and it is up: those stay quiet.
         assert not {"HydraModelOnCpu", "HydraTargetDown", "HydraTargetMissing"} & set(fired)
     assert time.monotonic() - start < BUDGET_S
+
+
+@pytest.mark.parametrize("stack", ["targets-gpu"], indirect=True)
+def test_cpu_fallback_on_a_gpu_target_fires_model_on_cpu(stack: dict[str, Any]) -> None:
+    """docker-compose.gpu.yml's target file marks the service gpu_expected="true"; this
+    service runs on CPUExecutionProvider, as after a silent CUDA fallback: HydraModelOnCpu."""
+    prometheus, processes = stack["prometheus"], stack["processes"]
+    with httpx.Client(timeout=5.0) as client:
+        wait_until(
+            lambda: "firing" in alerts(client, prometheus).get("HydraModelOnCpu", set()),
+            45,
+            "HydraModelOnCpu to fire",
+            processes,
+        )
+        body = client.get(f"{prometheus}/api/v1/alerts").json()["data"]["alerts"]
+        (alert,) = [a for a in body if a["labels"]["alertname"] == "HydraModelOnCpu"]
+        assert alert["labels"]["model"] == MODEL_NAME
+        assert alert["labels"]["version"] == "1"
