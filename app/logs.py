@@ -10,7 +10,9 @@ from typing import Any
 import orjson
 
 # Attributes every LogRecord has; anything else was passed through ``extra=`` and is kept.
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message", "asctime", "color_message",  # uvicorn's coloured duplicate of the message
+}
 
 
 class JsonFormatter(logging.Formatter):

@@ -105,6 +105,15 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             headers=getattr(exc, "headers", None),
         )
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        # Our bug, not the client's: logged with its traceback, answered in the protocol's shape.
+        logger.exception("unhandled error on %s %s", request.method, request.url.path[:100])
+        return OrjsonResponse(
+            error_body(request.url.path, "internal", "internal error; the service logged it"),
+            status_code=500,
+        )
+
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             from fastapi.openapi.utils import get_openapi
