@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from training.config import ConfigError, load_config
@@ -43,8 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.DEBUG if args.verbose else (logging.INFO if rank == 0 else logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "matplotlib"):
+    for noisy in ("onnxscript", "onnx_ir", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The exporter warns about absent torchvision ops and a deprecated pytree alias: not ours.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")
     try:
         config = load_config(args.config, args.overrides)
     except ConfigError as exc:

@@ -67,6 +67,12 @@ def markdown(report: dict[str, Any]) -> str:
                                                 for x in (comps[c]["mae"], comps[c]["spearman"])])
         lines += _table(["student", "split", "total MAE", "total ρ", "data MAE", "data ρ",
                          "model MAE", "model ρ"], rows)
+        lines += ["How much the ensemble's uncertainty varies inside each set (10th, 50th, 90th "
+                  "percentile): a rank correlation inside a set where the ensemble's value barely "
+                  "moves measures noise, not fidelity.", ""]
+        lines += _table(["split", "total", "data", "model"],
+                        [[split, *(" / ".join(f"{q:.3f}" for q in v[c]) for c in ("total", "data", "model"))]
+                         for split, v in report.get("ensemble_spread", {}).items()])
     lines += ["## OOD detection (test set vs OOD set)", ""]
     rows = []
     for ood, entry in report["ood_detection"].items():

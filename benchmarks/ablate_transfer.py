@@ -1,0 +1,74 @@
+"""What each choice of transfer set buys: distil the default digits ensemble with several
+transfer sets (members are trained once and reused) and print the goal figures side by side.
+
+    .venv/bin/python benchmarks/ablate_transfer.py [--config configs/digits.toml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from training.config import load_config
+from training.pipeline import run_pipeline
+
+VARIANTS: dict[str, list[str]] = {
+    "train inputs only": ["distill.transfer.copies=0", "distill.transfer.uniform_fraction=0.0"],
+    "+ noise": ["distill.transfer.mixup_alpha=0.0", "distill.transfer.uniform_fraction=0.0"],
+    "+ noise + mixup": ["distill.transfer.uniform_fraction=0.0"],
+    "+ noise + mixup + uniform (default)": [],
+    "+ disagreement ascent": ["distill.transfer.perturb_steps=3", "distill.transfer.perturb_step_size=0.3"],
+    "ascent, T=2": ["distill.transfer.perturb_steps=3", "distill.transfer.perturb_step_size=0.3",
+                    "distill.temperature=2.0"],
+    "ascent, 8 copies": ["distill.transfer.perturb_steps=3", "distill.transfer.perturb_step_size=0.3",
+                         "distill.transfer.copies=8"],
+    "ascent, 2x phase-2 epochs": ["distill.transfer.perturb_steps=3", "distill.transfer.perturb_step_size=0.3",
+                                  "distill.phase2.epochs=120"],
+    "ascent, T=2, MLP heads (16 hidden)": ["distill.transfer.perturb_steps=3",
+                                           "distill.transfer.perturb_step_size=0.3",
+                                           "distill.temperature=2.0", 'model.head="mlp"',
+                                           "model.head_hidden=16"],
+    "ascent, T=2, uniform x2": ["distill.transfer.perturb_steps=3", "distill.transfer.perturb_step_size=0.3",
+                                "distill.temperature=2.0", "distill.transfer.uniform_fraction=2.0"],
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", default="configs/digits.toml")
+    parser.add_argument("--runs-dir", default="runs/ablation")
+    parser.add_argument("--only", nargs="*", help="variant names to run")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    rows = []
+    for name, overrides in VARIANTS.items():
+        if args.only and name not in args.only:
+            continue
+        config = load_config(args.config, [f'runs_dir="{args.runs_dir}"', *overrides])
+        folder = run_pipeline(config, None, stop_after="evaluate")
+        report = json.loads((Path(folder) / "report.json").read_text())
+        goals = report["goals"]
+        fid = report["fidelity"]["hydra"]
+        row = {"variant": name, "acc_gap": goals["accuracy_gap_points"]["value"],
+               "nll_ratio": goals["nll_ratio"]["value"],
+               "rho_test": fid["test"]["model"]["spearman"]}
+        for split in fid:
+            if split.startswith("ood/"):
+                row[f"rho_{split[4:]}"] = fid[split]["model"]["spearman"]
+        for ood, entry in report["ood_detection"].items():
+            row[f"auroc_ratio_{ood}"] = entry["hydra_over_ensemble_auroc"]["model_uncertainty"]
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    keys = list(rows[0])
+    print("| " + " | ".join(keys) + " |")
+    print("|" + "---|" * len(keys))
+    for r in rows:
+        print("| " + " | ".join(f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
