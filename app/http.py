@@ -1,8 +1,5 @@
-"""HTTP plumbing: the JSON response class, protocol-shaped errors, and two ASGI middlewares
-(request size limit before any parsing; one log line and the HTTP metrics per request)."""
-
-# Request bodies are never buffered twice: BodyLimitMiddleware checks Content-Length up front
-# and counts the bytes as the handler reads them.
+"""HTTP plumbing: the JSON response class, protocol-shaped errors, and the one ASGI
+middleware (request size limit before any parsing; HTTP metrics and a log line per request)."""
 
 from __future__ import annotations
 
@@ -52,49 +49,6 @@ def error_response(path: str, exc: ServiceError) -> OrjsonResponse:
     )
 
 
-class BodyLimitMiddleware:
-    """Refuse bodies over ``max_bytes`` with 413 before anything parses them: first by
-    Content-Length, then by counting what actually streams in."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            await self.app(scope, receive, send)
-            return
-        too_large = BodyTooLarge(
-            f"request body over the limit: at most {self.max_bytes} bytes expected "
-            "(HYDRA_MAX_BODY_BYTES)"
-        )
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = 0
-                if declared > self.max_bytes:
-                    too_large.message += f", Content-Length says {declared}"
-                    await error_response(scope["path"], too_large)(scope, receive, send)
-                    return
-        size = 0
-
-        async def counting_receive() -> Message:
-            # Counted as it streams in: a body without (or lying about) Content-Length is
-            # stopped at the limit; the handler's read raises, the error handler answers 413.
-            nonlocal size
-            message = await receive()
-            if message["type"] == "http.request":
-                size += len(message.get("body", b""))
-                if size > self.max_bytes:
-                    too_large.message += f", got more than that ({size} bytes so far)"
-                    raise too_large
-            return message
-
-        await self.app(scope, counting_receive, send)
-
-
 def _route_label(scope: Scope) -> str:
     """The route template (bounded label values), never the raw path of an unknown URL."""
     route = getattr(scope.get("route"), "path", None)
@@ -105,13 +59,26 @@ def _route_label(scope: Scope) -> str:
     return "unmatched"
 
 
-class AccessLogMiddleware:
-    """One structured log line and the HTTP metrics per request; never the body."""
+class RequestMiddleware:
+    """Per request, in one ASGI layer (each layer costs on every request):
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+    - the body size limit, before anything parses: by Content-Length up front (413 at once),
+      and for a body without one by counting bytes as the handler reads them (the read
+      raises; the error handler answers 413). A body never is buffered twice;
+    - the HTTP metrics and one structured log line (never the body).
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, max_body_bytes: int) -> None:
         self.app = app
         self.metrics = metrics
+        self.max_bytes = max_body_bytes
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def _too_large(self, detail: str) -> BodyTooLarge:
+        return BodyTooLarge(
+            f"request body over the limit: at most {self.max_bytes} bytes expected "
+            f"(HYDRA_MAX_BODY_BYTES), {detail}"
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -119,6 +86,7 @@ class AccessLogMiddleware:
             return
         started = time.perf_counter()
         status = 500
+        scope.setdefault("state", {})
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -126,23 +94,52 @@ class AccessLogMiddleware:
                 status = message["status"]
             await send(message)
 
-        scope.setdefault("state", {})
         try:
-            await self.app(scope, receive, send_wrapper)
+            if scope["method"] in ("GET", "HEAD", "OPTIONS"):
+                await self.app(scope, receive, send_wrapper)
+                return
+            declared = None
+            for name, value in scope["headers"]:
+                if name == b"content-length":
+                    declared = int(value) if value.isdigit() else 0
+                    break
+            if declared is not None:
+                # The server never passes on more than Content-Length says.
+                if declared > self.max_bytes:
+                    too_large = self._too_large(f"Content-Length says {declared}")
+                    await error_response(scope["path"], too_large)(scope, receive, send_wrapper)
+                    return
+                await self.app(scope, receive, send_wrapper)
+                return
+            size = 0
+
+            async def counting_receive() -> Message:
+                nonlocal size
+                message = await receive()
+                if message["type"] == "http.request":
+                    size += len(message.get("body", b""))
+                    if size > self.max_bytes:
+                        raise self._too_large(f"got more than that ({size} bytes so far)")
+                return message
+
+            await self.app(scope, counting_receive, send_wrapper)
         finally:
-            duration = time.perf_counter() - started
-            route = _route_label(scope)
-            method = scope["method"]
-            key = (route, method, status)
-            children = self._children.get(key)
-            if children is None:  # label lookups once per (route, method, status)
-                children = (
-                    self.metrics.http_requests.labels(route, method, str(status)),
-                    self.metrics.http_duration.labels(route, method),
-                )
-                self._children[key] = children
-            children[0].inc()
-            children[1].observe(duration)
+            self._account(scope, status, time.perf_counter() - started)
+
+    def _account(self, scope: Scope, status: int, duration: float) -> None:
+        route = _route_label(scope)
+        method = scope["method"]
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:  # label lookups once per (route, method, status)
+            children = (
+                self.metrics.http_requests.labels(route, method, str(status)),
+                self.metrics.http_duration.labels(route, method),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(duration)
+        if logger.isEnabledFor(logging.INFO):
             state = scope["state"]
             logger.info(
                 "%s %s %d %.1fms", method, route, status, duration * 1000.0,

@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from app import api_v1, api_v2
 from app.errors import ServiceError
-from app.http import AccessLogMiddleware, BodyLimitMiddleware, OrjsonResponse, error_body, error_response
+from app.http import OrjsonResponse, RequestMiddleware, error_body, error_response
 from app.metrics import ServiceMetrics, multiprocess_enabled
 from app.repository import ModelRepository
 from app.schemas import V1PredictRequest, V2InferRequest
@@ -130,9 +130,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-    # Outermost first at run time: the access log sees every answer, including 413s.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(AccessLogMiddleware, metrics=metrics)
+    app.add_middleware(RequestMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     return app
 
 
