@@ -15,24 +15,16 @@ from pathlib import Path
 from training.config import load_config
 from training.pipeline import run_pipeline
 
+# Each variant is the default config (configs/digits.toml) with these overrides.
 VARIANTS: dict[str, list[str]] = {
-    "train inputs only": ["distill.transfer.copies=0", "distill.transfer.uniform_fraction=0.0"],
-    "+ noise": ["distill.transfer.mixup_alpha=0.0", "distill.transfer.uniform_fraction=0.0"],
-    "+ noise + mixup": ["distill.transfer.uniform_fraction=0.0"],
-    "+ noise + mixup + uniform (default)": [],
-    "+ disagreement ascent": ["distill.transfer.perturb_steps=3", "distill.transfer.perturb_step_size=0.3"],
-    "ascent, T=2": ["distill.transfer.perturb_steps=3", "distill.transfer.perturb_step_size=0.3",
-                    "distill.temperature=2.0"],
-    "ascent, 8 copies": ["distill.transfer.perturb_steps=3", "distill.transfer.perturb_step_size=0.3",
-                         "distill.transfer.copies=8"],
-    "ascent, 2x phase-2 epochs": ["distill.transfer.perturb_steps=3", "distill.transfer.perturb_step_size=0.3",
-                                  "distill.phase2.epochs=120"],
-    "ascent, T=2, MLP heads (16 hidden)": ["distill.transfer.perturb_steps=3",
-                                           "distill.transfer.perturb_step_size=0.3",
-                                           "distill.temperature=2.0", 'model.head="mlp"',
-                                           "model.head_hidden=16"],
-    "ascent, T=2, uniform x2": ["distill.transfer.perturb_steps=3", "distill.transfer.perturb_step_size=0.3",
-                                "distill.temperature=2.0", "distill.transfer.uniform_fraction=2.0"],
+    "training inputs only, T=1": ["distill.transfer.copies=0", "distill.transfer.uniform_fraction=0.0",
+                                  "distill.transfer.perturb_steps=0", "distill.temperature=1.0"],
+    "+ noise + mixup copies": ["distill.transfer.uniform_fraction=0.0", "distill.transfer.perturb_steps=0",
+                               "distill.temperature=1.0"],
+    "+ uniform noise inputs": ["distill.transfer.perturb_steps=0", "distill.temperature=1.0"],
+    "+ disagreement ascent": ["distill.temperature=1.0"],
+    "+ T=2 (the default)": [],
+    "default, 2x phase-2 epochs": ["distill.phase2.epochs=120"],
 }
 
 

@@ -272,10 +272,15 @@ def load_dataset(config: DataConfig) -> Dataset:
 
 
 def feature_stats(X: Array) -> tuple[Array, Array]:
-    """Per-feature mean and std of the training inputs, for the in-graph normalization."""
+    """Per-feature mean and std of the training inputs, for the in-graph normalization.
+
+    Stds are floored at a quarter of the mean std: a near-constant feature (a digit's border
+    pixel) would otherwise turn a little noise there into a many-sigma input.
+    """
     mean = X.mean(axis=0).astype(np.float32)
-    std = X.std(axis=0).astype(np.float32)
-    return mean, np.where(std < 1e-3, 1.0, std).astype(np.float32)
+    std = X.std(axis=0)
+    floor = max(0.25 * float(std.mean()), 1e-3)
+    return mean, np.maximum(std, floor).astype(np.float32)
 
 
 def target_stats(y: np.ndarray) -> tuple[Array, Array]:
