@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("onnxscript", "onnx_ir", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # The exporter warns about absent torchvision ops and a deprecated pytree alias: not ours.
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    for name in ("torch.onnx", "torch.onnx._internal.exporter._registration"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")
     try:
         config = load_config(args.config, args.overrides)
