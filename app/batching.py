@@ -50,6 +50,13 @@ class _Pending:
         return int(self.batch.shape[0])
 
 
+def _expire(future: asyncio.Future[Outputs], label: str, timeout_s: float) -> None:
+    if not future.done():
+        future.set_exception(InferenceTimeout(
+            f"inference on {label} did not finish within request_timeout_s={timeout_s:g}s"
+        ))
+
+
 class Batcher:
     def __init__(
         self,
@@ -73,6 +80,7 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{label}")
         self._task: asyncio.Task[None] | None = None
         self._arrivals = 0
+        self._pending_rows = 0  # instances waiting, kept up to date instead of summed per step
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self._label}")
@@ -90,21 +98,21 @@ class Batcher:
                 f"the queue for {self._label} is full ({self._queue_size} requests waiting); "
                 "retry after the Retry-After delay"
             )
-        item = _Pending(batch, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        item = _Pending(batch, loop.create_future())
         self._pending.append(item)
+        self._pending_rows += item.size
         self._arrivals += 1
         self._observer.queue_depth(len(self._pending))
         self._wake.set()
+        # One timer per request (cheaper than a timeout context around a shielded future): on
+        # expiry the request fails with a clear message and, if still queued, is skipped.
+        timer = loop.call_later(timeout_s, _expire, item.future, self._label, timeout_s)
         try:
-            async with asyncio.timeout(timeout_s):
-                return await asyncio.shield(item.future)
-        except TimeoutError as exc:
-            raise InferenceTimeout(
-                f"inference on {self._label} did not finish within request_timeout_s={timeout_s:g}s"
-            ) from exc
+            return await item.future
         finally:
-            # A timed-out or disconnected request is skipped if it is still queued.
-            if not item.future.done():
+            timer.cancel()
+            if not item.future.done():  # the client went away: skip it if still queued
                 item.future.cancel()
 
     async def _gather(self) -> list[_Pending]:
@@ -115,7 +123,7 @@ class Batcher:
             self._wake.clear()
             await self._wake.wait()
         deadline = self._pending[0].enqueued + self._max_delay
-        while not self._closing and sum(p.size for p in self._pending) < self._max_batch:
+        while not self._closing and self._pending_rows < self._max_batch:
             if time.perf_counter() >= deadline:
                 break
             before = self._arrivals
@@ -128,10 +136,12 @@ class Batcher:
             item = self._pending[0]
             if item.future.done():  # timed out or cancelled while waiting
                 self._pending.popleft()
+                self._pending_rows -= item.size
                 continue
             if batch and size + item.size > self._max_batch:
                 break
             batch.append(self._pending.popleft())
+            self._pending_rows -= item.size
             size += item.size
         self._observer.queue_depth(len(self._pending))
         return batch
