@@ -23,9 +23,6 @@ def main() -> None:
     except ValidationError as exc:
         sys.exit(f"hydra-serve: invalid settings (HYDRA_* environment variables):\n{exc}")
     configure_logging(settings.log_level, settings.log_format)
-    import os as _o
-    if _o.environ.get("XSWITCH"):
-        sys.setswitchinterval(float(_o.environ["XSWITCH"]))
     common = dict(
         host=settings.host,
         port=settings.port,
