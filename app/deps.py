@@ -29,12 +29,10 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 RepositoryDep = Annotated[ModelRepository, Depends(get_repository)]
 
 
-async def require_api_key(request: Request, settings: SettingsDep) -> None:
-    """Prediction endpoints only: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``."""
-    check_api_key(request, settings)
-
-
 def check_api_key(request: Request, settings: Settings) -> None:
+    """Prediction endpoints only: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
+
+    Called by the handlers themselves (no FastAPI dependency on the hot path)."""
     if settings.api_key is None:
         return
     given = request.headers.get("x-api-key")
@@ -50,8 +48,6 @@ def check_api_key(request: Request, settings: Settings) -> None:
     if not hmac.compare_digest(given.encode(), settings.api_key.get_secret_value().encode()):
         raise Forbidden("the API key given is not valid for this service")
 
-
-ApiKey = Depends(require_api_key)
 
 
 def parse_json(raw: bytes) -> Any:

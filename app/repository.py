@@ -17,7 +17,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from app.batching import Batcher, BatchObserver
 from app.contract import ContractError

@@ -102,7 +102,6 @@ def test_metadata_and_health(repo: Path) -> None:
     assert model_ready.status_code == 200
 
 
-@pytest.mark.slow
 def test_triton_client_talks_to_v2(repo: Path, classifier: cm.BuiltModel, digits: dict) -> None:
     """The real Triton HTTP client: health, metadata, inference with output selection, in
     JSON and with the binary tensor extension it uses by default."""
