@@ -48,7 +48,7 @@ def scan(root: Path) -> dict[tuple[str, int], tuple[Path, FileStamp]]:
         if not model_dir.is_dir() or not NAME_PATTERN.match(model_dir.name):
             continue
         for version_dir in model_dir.iterdir():
-            if not version_dir.name.isdigit():
+            if not (version_dir.name.isascii() and version_dir.name.isdigit()):
                 continue
             path = version_dir / MODEL_FILE
             try:

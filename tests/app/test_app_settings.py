@@ -61,3 +61,17 @@ def test_listening_everywhere_is_logged(caplog: pytest.LogCaptureFixture) -> Non
     with caplog.at_level(logging.WARNING, logger="app.settings"):
         Settings(host="0.0.0.0").log_summary()
     assert "all interfaces" in caplog.text
+
+
+def test_entry_point_refuses_bad_environment() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HYDRA_MAX_BATCH_SIZE": "-1", "HYDRA_PORT": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "app"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 1
+    assert "invalid settings (HYDRA_* environment variables)" in proc.stderr
+    assert "max_batch_size" in proc.stderr and "greater than or equal to 1" in proc.stderr

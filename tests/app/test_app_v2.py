@@ -148,3 +148,20 @@ def test_triton_client_talks_to_v2(repo: Path, classifier: cm.BuiltModel, digits
         with pytest.raises(InferenceServerException, match=r"shape \['B', 64\] expected, got \[1, 63\]"):
             client.infer("digits", [bad])
         client.close()
+
+
+def test_regression_outputs(tmp_path: Path, regressor: cm.BuiltModel, diabetes: dict) -> None:
+    cm.write_version(tmp_path, "diabetes", 1, regressor.data)
+    x = diabetes["test_x"][:3]
+    ref = reference_outputs(regressor.data, x)
+    with serve(make_settings(tmp_path)) as (client, _, _):
+        meta = client.get("/v2/models/diabetes").json()
+        r = client.post("/v2/models/diabetes/infer", json=_infer_body(x))
+        bad = client.post("/v2/models/diabetes/infer", json=_infer_body(x, outputs=[{"name": "predicted_class"}]))
+    names = [o["name"] for o in meta["outputs"]]
+    assert names == [*regressor.meta.output_names, "is_ood"]  # no class for a regressor
+    outputs = {o["name"]: o for o in r.json()["outputs"]}
+    assert outputs["head_0"]["shape"] == [3, 2, 1]
+    np.testing.assert_allclose(np.reshape(outputs["mean"]["data"], (3, 1)), ref["mean"], rtol=1e-5)
+    np.testing.assert_allclose(np.reshape(outputs["variance"]["data"], (3, 1)), ref["variance"], rtol=1e-5)
+    assert bad.status_code == 400 and "unknown output ['predicted_class']" in bad.json()["error"]
