@@ -1,0 +1,34 @@
+"""Two processes under torchrun with the gloo backend on the CPU train with DDP."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_distill(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "training.cli", "distill", "--config", str(ROOT / "configs" / "tiny.toml"),
+           "--set", f'runs_dir="{tmp_path}"', "--set", "device=cpu"]
+    # A session of its own, so a hang kills torchrun and both workers, not only the launcher.
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "training on cpu (rank 0 of 2)" in stderr
+    hydra = torch.load(tmp_path / "tiny" / "hydra.pt", weights_only=False)
+    assert hydra["model"]["heads.weights.0"].shape[0] == 3
+    assert not list((tmp_path / "tiny").glob("*.partial.pt"))  # finished stages leave no partials
