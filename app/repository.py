@@ -69,18 +69,23 @@ class _Observer(BatchObserver):
         self._drift = DriftMonitor(
             model.meta.drift, repo.settings.drift_window, repo.settings.drift_min_samples
         )
+        m, name = repo.metrics, model.name
+        # Label lookups once, not per request (they take a lock and hash the labels).
+        self._depth = m.queue_depth.labels(name)
+        self._batch_size = m.batch_size.labels(name)
+        self._duration = m.inference_duration.labels(name)
+        self._wait = m.queue_wait.labels(name)
 
     def queue_depth(self, depth: int) -> None:
-        self._metrics.queue_depth.labels(self._model.name).set(depth)
+        self._depth.set(depth)
 
     def batch_done(self, size: int, duration_s: float, waits_s: list[float], outputs: Outputs) -> None:
         m = self._metrics
         name = self._model.name
-        m.batch_size.labels(name).observe(size)
-        m.inference_duration.labels(name).observe(duration_s)
-        wait = m.queue_wait.labels(name)
+        self._batch_size.observe(size)
+        self._duration.observe(duration_s)
         for w in waits_s:
-            wait.observe(w)
+            self._wait.observe(w)
         m.observe_predictions(self._model, outputs)
         # Drift is about the traffic of a model's default version, judged by its reference.
         if self._repo.default_version(name) == self._model.version:
