@@ -18,7 +18,7 @@ from app.contract import expected_output_shapes
 from app.deps import RepositoryDep, check_api_key, note_request, parse_body, parse_version
 from app.errors import InvalidInput
 from app.http import OrjsonResponse, body_doc
-from app.repository import ServedModel
+from app.repository import ModelRepository, ServedModel
 from app.schemas import V2Error, V2InferRequest, V2InferResponse, V2ModelMetadata
 from app.settings import Settings
 from app.tensors import tensor_to_batch
@@ -87,7 +87,7 @@ async def ready(repo: RepositoryDep) -> OrjsonResponse:
     return OrjsonResponse(body, status_code=200 if is_ready else 503)
 
 
-def _served(repo: RepositoryDep, name: str, version: str | None) -> ServedModel:
+def _served(repo: ModelRepository, name: str, version: str | None) -> ServedModel:
     return repo.get(name, None if version is None else parse_version(version))
 
 

@@ -116,7 +116,8 @@ class Batcher:
                 item.future.cancel()
 
     async def _gather(self) -> list[_Pending]:
-        """Wait for work, then for a full batch or the oldest request's deadline."""
+        """Wait for work, then gather until a full batch, a quiet loop iteration, or the
+        oldest request's deadline, whichever comes first."""
         while not self._pending:
             if self._closing:
                 return []

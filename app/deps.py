@@ -1,5 +1,9 @@
-"""Typed dependencies for the route handlers. All are ``async def``: FastAPI runs plain
-functions in a thread pool, a hand-off that costs more than the dependency itself."""
+"""What the route handlers share: the repository dependency, the API key check, body
+parsing and the request notes for the access log.
+
+The inference handlers call these directly instead of declaring FastAPI dependencies:
+resolving dependencies costs more per request than the checks themselves. The one
+dependency left is ``async def`` (FastAPI runs plain functions in a thread pool)."""
 
 from __future__ import annotations
 
@@ -16,16 +20,11 @@ from app.repository import ModelRepository
 from app.settings import Settings
 
 
-async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
 async def get_repository(request: Request) -> ModelRepository:
     return request.app.state.repository
 
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 RepositoryDep = Annotated[ModelRepository, Depends(get_repository)]
 
 
