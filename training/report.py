@@ -138,8 +138,9 @@ def _plots(report: dict[str, Any], outputs: dict[str, Any], data: Dataset, folde
         for split in ["test", *(k for k in outputs["hydra"] if k.startswith("ood/"))]:
             ax.scatter(outputs["ensemble"][split].derived["model_uncertainty"],
                        outputs["hydra"][split].derived["model_uncertainty"], s=4, alpha=0.5, label=split)
-        top = max(float(outputs["ensemble"]["test"].derived["model_uncertainty"].max()), 1e-3)
-        ax.plot([0, top * 4], [0, top * 4], "k:", lw=1)
+        top = max(max(float(o.derived["model_uncertainty"].max()) for o in outputs[m].values())
+                  for m in ("ensemble", "hydra"))
+        ax.plot([0, top], [0, top], "k:", lw=1)
         ax.set(xlabel="ensemble model uncertainty", ylabel="hydra model uncertainty",
                title="Per-input model uncertainty")
         ax.legend(fontsize=7)
