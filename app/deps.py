@@ -58,8 +58,10 @@ def parse_json(raw: bytes) -> Any:
         pass
     try:
         return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidJson(f"request body: valid JSON expected, got invalid JSON ({exc})") from exc
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, nesting too deep
+        raise InvalidJson(
+            f"request body: valid JSON expected, got invalid JSON ({str(exc)[:200]})"
+        ) from exc
 
 
 def parse_body(raw: bytes, model: type[BodyT], expected: str) -> BodyT:
