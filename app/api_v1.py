@@ -8,7 +8,8 @@ import numpy as np
 from fastapi import APIRouter, Request
 
 from app.deps import RepositoryDep, check_api_key, note_request, parse_body
-from app.http import OrjsonResponse, body_doc
+from app.http import OrjsonResponse
+from app.openapi import InferenceRoute
 from app.repository import ServedModel
 from app.runtime import Outputs
 from app.schemas import V1Error, V1PredictRequest, V1PredictResponse
@@ -85,17 +86,9 @@ def predictions(served: ServedModel, out: Outputs, return_heads: bool) -> list[d
     return preds
 
 
-@router.post(
-    "/models/{name}:predict",
-    response_model=V1PredictResponse,
-    response_class=OrjsonResponse,
-    responses=ERRORS,
-    openapi_extra=body_doc("V1PredictRequest"),
-    summary="Predict with uncertainty and OOD flags",
-)
-async def predict(name: str, request: Request) -> OrjsonResponse:
-    # The hot path takes no FastAPI dependencies and parses its own body: dependency
-    # resolution costs more per request than everything else here (see BENCHMARKS.md).
+async def predict(request: Request) -> OrjsonResponse:
+    """A plain Starlette endpoint (see app.openapi): checks and parses its own body."""
+    name: str = request.path_params["name"]
     settings: Settings = request.app.state.settings
     check_api_key(request, settings)
     served = request.app.state.repository.get(name)
@@ -133,3 +126,11 @@ async def model_status(name: str, repo: RepositoryDep) -> dict[str, Any]:
         "metadata": model.meta.summary(),
         "queue_depth": served.batcher.depth,
     }
+
+
+INFERENCE_ROUTES = [
+    InferenceRoute(
+        "/v1/models/{name}:predict", predict, "Predict with uncertainty and OOD flags", "v1",
+        V1PredictRequest, V1PredictResponse, V1Error,
+    )
+]

@@ -17,7 +17,8 @@ from fastapi.responses import Response
 from app.contract import expected_output_shapes
 from app.deps import RepositoryDep, check_api_key, note_request, parse_body, parse_version
 from app.errors import InvalidInput
-from app.http import OrjsonResponse, body_doc
+from app.http import OrjsonResponse
+from app.openapi import InferenceRoute
 from app.repository import ModelRepository, ServedModel
 from app.schemas import V2Error, V2InferRequest, V2InferResponse, V2ModelMetadata
 from app.settings import Settings
@@ -117,7 +118,6 @@ async def model_version_ready(name: str, version: str, repo: RepositoryDep) -> d
     return _ready_body(_served(repo, name, version))
 
 
-_INFER_DOC = body_doc("V2InferRequest")
 _EXPECTED = "an object with 'inputs': [{name, shape, datatype, data}]"
 
 
@@ -202,13 +202,18 @@ async def _infer(name: str, version: str | None, request: Request) -> Response:
     )
 
 
-@router.post("/models/{name}/infer", response_model=V2InferResponse, responses=ERRORS,
-             openapi_extra=_INFER_DOC, summary="Inference")
-async def infer(name: str, request: Request) -> Response:
-    return await _infer(name, None, request)
+async def infer(request: Request) -> Response:
+    """Plain Starlette endpoints (see app.openapi): they check and parse their own bodies."""
+    return await _infer(request.path_params["name"], None, request)
 
 
-@router.post("/models/{name}/versions/{version}/infer", response_model=V2InferResponse,
-             responses=ERRORS, openapi_extra=_INFER_DOC, summary="Inference on a given version")
-async def infer_version(name: str, version: str, request: Request) -> Response:
-    return await _infer(name, version, request)
+async def infer_version(request: Request) -> Response:
+    return await _infer(request.path_params["name"], request.path_params["version"], request)
+
+
+INFERENCE_ROUTES = [
+    InferenceRoute("/v2/models/{name}/infer", infer, "Inference", "v2",
+                   V2InferRequest, V2InferResponse, V2Error),
+    InferenceRoute("/v2/models/{name}/versions/{version}/infer", infer_version,
+                   "Inference on a given version", "v2", V2InferRequest, V2InferResponse, V2Error),
+]

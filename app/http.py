@@ -26,16 +26,6 @@ class OrjsonResponse(Response):
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def body_doc(schema: str) -> dict[str, Any]:
-    """OpenAPI request body for handlers that parse their own body (schema added in app.main)."""
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
-        }
-    }
-
-
 def error_body(path: str, code: str, message: str) -> dict[str, str]:
     """V2 (Open Inference Protocol) errors are ``{"error": ...}``; elsewhere a code is added."""
     if path.startswith("/v2"):

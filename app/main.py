@@ -18,8 +18,8 @@ from app import api_v1, api_v2
 from app.errors import ServiceError
 from app.http import OrjsonResponse, RequestMiddleware, error_body, error_response
 from app.metrics import ServiceMetrics, multiprocess_enabled
+from app.openapi import build_openapi
 from app.repository import ModelRepository
-from app.schemas import V1PredictRequest, V2InferRequest
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -72,6 +72,9 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
 
     app.include_router(api_v1.router)
     app.include_router(api_v2.router)
+    inference = [*api_v1.INFERENCE_ROUTES, *api_v2.INFERENCE_ROUTES]
+    # First in the routing table: routes are tried in order, and these carry the traffic.
+    app.router.routes[:0] = [item.route() for item in inference]
 
     @app.get("/metrics", include_in_schema=True, tags=["ops"], summary="Prometheus metrics")
     async def metrics_endpoint() -> Response:
@@ -116,16 +119,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            from fastapi.openapi.utils import get_openapi
-
-            schema = get_openapi(title=app.title, version=app.version, routes=app.routes,
-                                 summary=app.summary)
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in (V1PredictRequest, V2InferRequest):  # bodies parsed by the handlers
-                extra = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                components.update(extra.pop("$defs", {}))
-                components[model.__name__] = extra
-            app.openapi_schema = schema
+            app.openapi_schema = build_openapi(app, inference)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -104,6 +104,15 @@ def test_unknown_paths_do_not_create_label_values(repo: Path) -> None:
     with serve(make_settings(repo)) as (client, _, reg):
         for i in range(3):
             client.get(f"/random/{i}")
+            client.post(f"/v1/models/nope{i}:predict", json={"instances": [[0.0] * 64]})
+            client.post(f"/v2/models/nope{i}/versions/{i}/infer", json={})
         assert reg.get_sample_value(
             "hydra_http_requests_total", {"route": "unmatched", "method": "GET", "status": "404"}
         ) == 3
+        # Model names and versions stay out of the route label: the template is used.
+        for route in ("/v1/models/{name}:predict", "/v2/models/{name}/versions/{version}/infer"):
+            assert reg.get_sample_value(
+                "hydra_http_requests_total", {"route": route, "method": "POST", "status": "404"}
+            ) == 3
+        text = client.get("/metrics").text
+    assert "nope" not in text

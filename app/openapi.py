@@ -1,0 +1,84 @@
+"""OpenAPI for the inference endpoints, which are plain Starlette routes.
+
+FastAPI's per-request machinery (dependency resolution, response-model handling) costs
+about 0.1 ms of CPU per request on this stack, a third of the service's whole per-request
+budget (BENCHMARKS.md). The two inference endpoints therefore run as Starlette routes inside
+the FastAPI app, parse and check their own bodies, and get their OpenAPI entries here, from
+the same pydantic models. Every other endpoint is an ordinary FastAPI route.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Match, Route
+from starlette.types import Scope
+
+ERROR_STATUSES = (400, 401, 403, 404, 413, 503, 504)
+
+
+class TemplatedRoute(Route):
+    """A Starlette route that leaves itself in ``scope["route"]`` as FastAPI's routes do, so
+    the request metrics are labelled with the path template, never a raw path."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child_scope = super().matches(scope)
+        if match is not Match.NONE:
+            child_scope["route"] = self
+        return match, child_scope
+
+
+@dataclass(frozen=True)
+class InferenceRoute:
+    path: str
+    endpoint: Callable[[Request], Awaitable[Response]]
+    summary: str
+    tag: str
+    request_model: type[BaseModel]
+    response_model: type[BaseModel]
+    error_model: type[BaseModel]
+
+    def route(self) -> Route:
+        return TemplatedRoute(self.path, self.endpoint, methods=["POST"], include_in_schema=False)
+
+    def operation(self) -> dict[str, Any]:
+        def ref(model: type[BaseModel]) -> dict[str, Any]:
+            return {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}
+
+        params = [
+            {"name": p, "in": "path", "required": True, "schema": {"type": "string", "title": p}}
+            for p in re.findall(r"{(\w+)}", self.path)
+        ]
+        responses: dict[str, Any] = {
+            "200": {"description": "Successful Response", "content": ref(self.response_model)}
+        }
+        for status in ERROR_STATUSES:
+            responses[str(status)] = {"description": "Error", "content": ref(self.error_model)}
+        return {
+            "tags": [self.tag],
+            "summary": self.summary,
+            "operationId": f"{self.endpoint.__name__}_{self.tag}",
+            "parameters": params,
+            "requestBody": {"required": True, "content": ref(self.request_model)},
+            "responses": responses,
+        }
+
+
+def build_openapi(app: FastAPI, inference: Sequence[InferenceRoute]) -> dict[str, Any]:
+    schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for item in inference:
+        schema["paths"].setdefault(item.path, {})["post"] = item.operation()
+        for model in (item.request_model, item.response_model, item.error_model):
+            extra = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(extra.pop("$defs", {}))
+            components[model.__name__] = extra
+    return schema
