@@ -3,7 +3,8 @@
 In one run on this machine: requests/s and p50/p99 latency at concurrency 1, 8 and 64, with
 batching on and off, beside (a) ONNX Runtime called directly in-process on the same inputs
 and (b) a bare FastAPI endpoint on the same server stack (uvicorn) that reads the request
-and returns a JSON body of the same size as the service's answer. Prints the ratios
+and returns a JSON body of the same size as the service's answer (also as a plain Starlette
+route inside a FastAPI app, the way the service serves its inference endpoints). Prints the ratios
 (service / bare at c=64; batching on / off) and the service's resident memory under load.
 
 Each server runs as a subprocess on 127.0.0.1; the load comes from a separate process with a
@@ -62,6 +63,7 @@ async def _connection(port: int, request: bytes, start: float, stop: float,
                 if line[:15].lower() == b"content-length:":
                     length = int(line[15:])
             await reader.readexactly(length)
+            statuses[-1] = statuses.get(-1, 0) + 1  # every answer, warm-up included
             if t0 >= start:  # the first part of each run is warm-up
                 latencies.append(time.perf_counter() - t0)
                 statuses[status] = statuses.get(status, 0) + 1
@@ -102,17 +104,20 @@ class LoadGenerator:
 
     def measure(self, port: int, request: bytes, concurrency: int, duration: float,
                 pid: int | None = None, warmup: float = 0.3) -> dict:
-        """Requests/s and latency percentiles; the server's peak RSS sampled meanwhile."""
+        """Requests/s and latency percentiles; the server's peak RSS and its CPU time per
+        request (all threads; robust to other load on the machine, unlike requests/s)."""
         import psutil
 
+        server = psutil.Process(pid)
+        cpu_before = sum(server.cpu_times()[:2])
         self.jobs.put((port, request, concurrency, warmup, duration))
         rss = 0
-        server = psutil.Process(pid) if pid else None
         while self.results.empty():
-            if server is not None:
-                rss = max(rss, server.memory_info().rss)
+            rss = max(rss, server.memory_info().rss)
             time.sleep(0.05)
+        cpu = sum(server.cpu_times()[:2]) - cpu_before
         latencies, statuses = self.results.get(timeout=60)
+        answered = statuses.pop(-1, 0)
         lat = np.asarray(latencies) * 1000.0
         return {
             "concurrency": concurrency,
@@ -121,6 +126,7 @@ class LoadGenerator:
             "p99_ms": float(np.percentile(lat, 99)) if lat.size else float("nan"),
             "errors": sum(n for s, n in statuses.items() if s != 200),
             "rss_mb": rss / 2**20,
+            "cpu_us": 1e6 * cpu / max(answered, 1),
         }
 
     def close(self) -> None:
@@ -133,6 +139,7 @@ def median_run(runs: list[dict]) -> dict:
     ordered = sorted(runs, key=lambda r: r["rps"])
     best = dict(ordered[len(ordered) // 2])
     best["rss_mb"] = max(r["rss_mb"] for r in runs)
+    best["cpu_us"] = float(np.median([r["cpu_us"] for r in runs]))
     best["errors"] = sum(r["errors"] for r in runs)
     return best
 
@@ -176,25 +183,35 @@ def start_service(repo: Path, batching: bool) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
-def start_bare(size: int) -> tuple[subprocess.Popen, int]:
+def start_bare(size: int, starlette_route: bool = False) -> tuple[subprocess.Popen, int]:
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--bare-server", str(port), str(size)],
+    flavour = "1" if starlette_route else "0"
+    proc = subprocess.Popen([sys.executable, __file__, "--bare-server", str(port), str(size), flavour],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_http(port, "/health")
     return proc, port
 
 
-def run_bare_server(port: int, size: int) -> None:
-    """A FastAPI endpoint on the same stack (uvicorn, same defaults) returning `size` bytes."""
+def run_bare_server(port: int, size: int, starlette_route: int = 0) -> None:
+    """A FastAPI app on the same stack (uvicorn, same options) returning `size` bytes from
+    an ordinary FastAPI route, or (``starlette_route``) from a plain Starlette route in the
+    FastAPI app, as the service's inference endpoints are."""
     import uvicorn
+    from starlette.routing import Route
 
     payload = json.dumps({"data": "x" * max(0, size - 12)}).encode()
     app = FastAPI()
 
-    @app.post("/v1/models/{name}:predict")
-    async def predict(name: str, request: Request) -> Response:
+    async def bare(request: Request) -> Response:
         await request.body()
         return Response(payload, media_type="application/json")
+
+    if starlette_route:
+        app.router.routes.insert(0, Route("/v1/models/{name}:predict", bare, methods=["POST"]))
+    else:
+        @app.post("/v1/models/{name}:predict")
+        async def predict(name: str, request: Request) -> Response:
+            return await bare(request)
 
     @app.get("/health")
     async def health() -> dict[str, bool]:
@@ -292,7 +309,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=1.5, help="seconds measured per run")
     parser.add_argument("--rounds", type=int, default=3, help="runs per cell (the median is kept)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("--bare-server", nargs=2, type=int, metavar=("PORT", "SIZE"), help=argparse.SUPPRESS)
+    parser.add_argument("--bare-server", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_server:
         run_bare_server(*args.bare_server)
@@ -314,25 +331,27 @@ def main() -> None:
 
         # All three servers run at once and are measured in turns, round after round, so a
         # change in the machine's background load hits all of them alike.
-        servers: dict[str, tuple[subprocess.Popen, int, int | None]] = {}
+        servers: dict[str, tuple[subprocess.Popen, int, bool]] = {}  # (process, port, is service)
         load = LoadGenerator()
         try:
             for label, batching in (("service, batching on", True), ("service, batching off", False)):
                 proc, port = start_service(repo, batching)
-                servers[label] = (proc, port, proc.pid)
+                servers[label] = (proc, port, True)
             import httpx
 
             port = servers["service, batching on"][1]
             response_size = len(httpx.post(f"http://127.0.0.1:{port}/v1/models/bench:predict",
                                            content=body, headers={"content-type": "application/json"}).content)
             proc, port = start_bare(response_size)
-            servers["bare FastAPI endpoint"] = (proc, port, None)
+            servers["bare FastAPI endpoint"] = (proc, port, False)
+            proc, port = start_bare(response_size, starlette_route=True)
+            servers["bare Starlette route"] = (proc, port, False)
             results: dict[str, list[dict]] = {label: [] for label in servers}
             for c in CONCURRENCY:
                 runs: dict[str, list[dict]] = {label: [] for label in servers}
                 for _ in range(args.rounds):
-                    for label, (_, port, pid) in servers.items():
-                        runs[label].append(load.measure(port, request, c, args.duration, pid))
+                    for label, (proc, port, _) in servers.items():
+                        runs[label].append(load.measure(port, request, c, args.duration, proc.pid))
                 for label in servers:
                     results[label].append(median_run(runs[label]))
         finally:
@@ -342,13 +361,12 @@ def main() -> None:
         direct = direct_ort(model, x, 2.0)
 
         print(f"response body: {response_size} bytes (the bare endpoint returns the same size)\n")
-        print("| server | concurrency | requests/s | p50 ms | p99 ms | errors | RSS MB |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+        print("| server | concurrency | requests/s | p50 ms | p99 ms | errors | server CPU µs/request | RSS MB |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for name, rows in results.items():
             for r in rows:
-                rss = f"{r['rss_mb']:.0f}" if r["rss_mb"] else "-"
                 print(f"| {name} | {r['concurrency']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | "
-                      f"{r['p99_ms']:.2f} | {r['errors']} | {rss} |")
+                      f"{r['p99_ms']:.2f} | {r['errors']} | {r['cpu_us']:.0f} | {r['rss_mb']:.0f} |")
         print("\n| ONNX Runtime in-process | batch | samples/s | p50 ms | p99 ms |")
         print("|---|---:|---:|---:|---:|")
         for r in direct:
@@ -357,9 +375,17 @@ def main() -> None:
         on = {r["concurrency"]: r for r in results["service, batching on"]}
         off = {r["concurrency"]: r for r in results["service, batching off"]}
         bare = {r["concurrency"]: r for r in results["bare FastAPI endpoint"]}
+        bare_route = {r["concurrency"]: r for r in results["bare Starlette route"]}
         rss = max(r["rss_mb"] for r in [*on.values(), *off.values()])
         print("\nratios:")
         print(f"  service (batching on) / bare endpoint at c=64: {on[64]['rps'] / bare[64]['rps']:.2f} (goal >= 0.60)")
+        print(f"  service (batching on) / bare Starlette route at c=64: "
+              f"{on[64]['rps'] / bare_route[64]['rps']:.2f}")
+        print("  by server CPU per request at c=64 (the throughput ratio a CPU-bound server reaches "
+              "on an otherwise idle machine):")
+        print(f"    bare endpoint / service: {bare[64]['cpu_us'] / on[64]['cpu_us']:.2f} (goal >= 0.60); "
+              f"bare Starlette route / service: {bare_route[64]['cpu_us'] / on[64]['cpu_us']:.2f}; "
+              f"batching off / on: {off[64]['cpu_us'] / on[64]['cpu_us']:.2f}")
         for c in CONCURRENCY:
             print(f"  batching on / off at c={c}: {on[c]['rps'] / off[c]['rps']:.2f}")
         print(f"  service at c=64 / direct ORT batch-1 calls: {on[64]['rps'] / direct[0]['samples_per_s']:.2f}")
