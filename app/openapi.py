@@ -1,7 +1,7 @@
 """OpenAPI for the inference endpoints, which are plain Starlette routes.
 
 FastAPI's per-request machinery (dependency resolution, response-model handling) costs
-about 0.1 ms of CPU per request on this stack, a third of the service's whole per-request
+about 0.1 ms of CPU per request on this stack, a quarter of the service's whole per-request
 budget (BENCHMARKS.md). The two inference endpoints therefore run as Starlette routes inside
 the FastAPI app, parse and check their own bodies, and get their OpenAPI entries here, from
 the same pydantic models. Every other endpoint is an ordinary FastAPI route.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -114,4 +116,11 @@ def test_docs_and_openapi(repo: Path) -> None:
         spec = client.get("/openapi.json").json()
     assert "/v1/models/{name}:predict" in spec["paths"]
     assert "/v2/models/{name}/infer" in spec["paths"]
-    assert "V2InferRequest" in spec["components"]["schemas"]
+    predict = spec["paths"]["/v1/models/{name}:predict"]["post"]
+    assert predict["parameters"][0]["name"] == "name"
+    infer = spec["paths"]["/v2/models/{name}/versions/{version}/infer"]["post"]
+    assert [p["name"] for p in infer["parameters"]] == ["name", "version"]
+    # Every reference in the document resolves to a schema it defines.
+    refs = set(re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', json.dumps(spec)))
+    assert {"V1PredictRequest", "V1PredictResponse", "V2InferRequest", "V2Tensor"} <= refs
+    assert refs <= set(spec["components"]["schemas"])
