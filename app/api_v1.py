@@ -96,7 +96,7 @@ async def predict(request: Request) -> OrjsonResponse:
     model = served.model
     batch = instances_to_batch(body.instances, model.meta.feature_shape, settings.max_instances)
     note_request(request, name, model.version, len(batch))
-    out = await served.batcher.submit(batch, settings.request_timeout_s)
+    out = await served.batcher.submit(batch, settings.request_timeout_s, request.scope["state"])
     return OrjsonResponse(
         {
             "model_name": name,

@@ -173,7 +173,7 @@ async def _infer(name: str, version: str | None, request: Request) -> Response:
     else:
         wanted = [(n, all_binary) for n in specs]
     note_request(request, name, model.version, len(batch))
-    out = await served.batcher.submit(batch, settings.request_timeout_s)
+    out = await served.batcher.submit(batch, settings.request_timeout_s, request.scope["state"])
 
     tensors: list[dict[str, Any]] = []
     blobs: list[bytes] = []

@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +44,7 @@ class BatchObserver:
 class _Pending:
     batch: npt.NDArray[np.float32]  # [n, *feature_shape]
     future: asyncio.Future[Outputs]
+    note: dict[str, Any] | None = None
     enqueued: float = field(default_factory=time.perf_counter)
 
     @property
@@ -89,8 +91,13 @@ class Batcher:
     def depth(self) -> int:
         return len(self._pending)
 
-    async def submit(self, batch: npt.NDArray[np.float32], timeout_s: float) -> Outputs:
-        """Outputs for this request's rows [n, ...]; raises Overloaded / InferenceTimeout."""
+    async def submit(
+        self, batch: npt.NDArray[np.float32], timeout_s: float, note: dict[str, Any] | None = None
+    ) -> Outputs:
+        """Outputs for this request's rows [n, ...]; raises Overloaded / InferenceTimeout.
+
+        ``note`` (the request's log fields) gets ``batch_size``: the instances in the ONNX
+        Runtime call that served this request."""
         if self._closing:
             raise ModelNotReady(f"model {self._label} is shutting down; retry on another replica")
         if len(self._pending) >= self._queue_size:
@@ -99,7 +106,7 @@ class Batcher:
                 "retry after the Retry-After delay"
             )
         loop = asyncio.get_running_loop()
-        item = _Pending(batch, loop.create_future())
+        item = _Pending(batch, loop.create_future(), note)
         self._pending.append(item)
         self._pending_rows += item.size
         self._arrivals += 1
@@ -172,6 +179,8 @@ class Batcher:
                 rows = slice(start, start + p.size)
                 start += p.size
                 if not p.future.done():
+                    if p.note is not None:
+                        p.note["batch_size"] = len(inputs)
                     p.future.set_result({k: v[rows] for k, v in outputs.items()})
             try:
                 self._observer.batch_done(len(inputs), duration, waits, outputs)

@@ -142,5 +142,6 @@ class RequestMiddleware:
                     "model": state.get("model"),
                     "version": state.get("version"),
                     "instances": state.get("instances"),
+                    "batch_size": state.get("batch_size"),
                 },
             )

@@ -40,15 +40,18 @@ def run(coro):  # type: ignore[no-untyped-def]
 def test_concurrent_requests_share_one_call_and_get_their_own_rows() -> None:
     rec = Recorder()
 
+    notes: list[dict] = [{} for _ in range(8)]
+
     async def main() -> list[np.ndarray]:
         b = Batcher(rec, max_batch_size=64, max_delay_s=0.05, queue_size=100, label="t")
         b.start()
-        results = await asyncio.gather(*[b.submit(rows(2, 10 * i), 5.0) for i in range(8)])
+        results = await asyncio.gather(*[b.submit(rows(2, 10 * i), 5.0, notes[i]) for i in range(8)])
         await b.close()
         return [r["sum"] for r in results]
 
     sums = run(main())
     assert rec.calls == [16]  # 8 requests x 2 rows, one ORT call
+    assert notes == [{"batch_size": 16}] * 8
     for i, s in enumerate(sums):
         np.testing.assert_allclose(s, [4 * (10 * i), 4 * (10 * i + 1)])
     assert all(name.startswith("ort-t") for name in rec.threads)  # never the event loop
