@@ -44,8 +44,8 @@ def _route_label(scope: Scope) -> str:
     route = getattr(scope.get("route"), "path", None)
     if route:
         return str(route)
-    if "endpoint" in scope:  # plain Starlette routes (/docs, /openapi.json): fixed paths
-        return str(scope["path"])
+    if "endpoint" in scope and not scope.get("path_params"):
+        return str(scope["path"])  # plain routes without parameters (/docs, /openapi.json)
     return "unmatched"
 
 
@@ -54,7 +54,7 @@ class RequestMiddleware:
 
     - the body size limit, before anything parses: by Content-Length up front (413 at once),
       and for a body without one by counting bytes as the handler reads them (the read
-      raises; the error handler answers 413). A body never is buffered twice;
+      raises; the error handler answers 413). A body is never buffered twice;
     - the HTTP metrics and one structured log line (never the body).
     """
 
