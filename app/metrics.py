@@ -116,6 +116,12 @@ class ServiceMetrics:
             ["model", "version", "provider", "task", "heads"], registry=r,
             multiprocess_mode="livemax",
         )
+        self.ood_target_rate = Gauge(
+            "hydra_ood_target_rate",
+            "Calibrated false-positive rate alpha of the OOD threshold: the expected OOD rate "
+            "on in-distribution traffic", ["model", "version"], registry=r,
+            multiprocess_mode="livemax",
+        )
         self.load_failures = Counter(
             "hydra_model_load_failures", "Model versions refused at load (contract or warm-up)",
             ["model"], registry=r,
@@ -136,16 +142,19 @@ class ServiceMetrics:
         self.model_info.labels(
             model.name, str(model.version), model.provider, model.meta.task, str(model.meta.num_heads)
         ).set(1)
+        if model.meta.ood is not None:
+            self.ood_target_rate.labels(*key).set(model.meta.ood.alpha)
 
     def model_unloaded(self, model: LoadedModel) -> None:
         key = (model.name, str(model.version))
         for by_model in self._uncertainty.histograms.values():
             by_model.pop(key, None)
         labels = (model.name, str(model.version), model.provider, model.meta.task, str(model.meta.num_heads))
-        try:
-            self.model_info.remove(*labels)
-        except KeyError:
-            pass
+        for gauge, values in ((self.model_info, labels), (self.ood_target_rate, key)):
+            try:
+                gauge.remove(*values)
+            except KeyError:
+                pass
 
     def observe_predictions(self, model: LoadedModel, outputs: dict[str, np.ndarray]) -> None:
         """Count and histogram one batch of outputs [B]."""

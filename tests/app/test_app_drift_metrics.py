@@ -93,6 +93,7 @@ def test_uncertainty_histograms_have_calibration_buckets_and_exact_counts(
             {"model": "digits", "version": "1", "provider": "CPUExecutionProvider",
              "task": "classification", "heads": "5"},
         ) == 1.0
+        assert reg.get_sample_value("hydra_ood_target_rate", LABELS) == cal.alpha
         assert reg.get_sample_value("hydra_queue_depth", {"model": "digits"}) == 0.0
         assert reg.get_sample_value("hydra_queue_wait_seconds_count", {"model": "digits"}) == 4
     assert f'le="{floatToGoString(cal.threshold)}"' in metrics_text

@@ -26,6 +26,8 @@ DESIGN_METRICS: dict[str, str] = {
     "hydra_model_info": "gauge",
     # Exported by app/metrics.py beyond DESIGN.md's list; HydraModelVersionRefused reads it.
     "hydra_model_load_failures": "counter",
+    # Each loaded version's calibrated OOD alpha; model:hydra_ood_expected:ratio reads it.
+    "hydra_ood_target_rate": "gauge",
 }
 
 # Series Prometheus adds itself for every target.
