@@ -44,44 +44,38 @@ def predictions(served: ServedModel, out: Outputs, return_heads: bool) -> list[d
     p_value = out["ood_p_value"].tolist() if calibration else [None] * n
     threshold = calibration.threshold if calibration else None
     heads = [out[f"head_{m}"] for m in range(meta.num_heads)]
-    preds: list[dict[str, Any]] = []
+    # The task decides the leading fields, the optional per-head field and the disagreement rate;
+    # everything after is the same for both tasks.
+    rate: list[float] | None = None
+    per_head: list[Any] | None = None
     if meta.task == "classification":
         probs = out["mean_probs"].tolist()
         classes = out["predicted_class"].tolist()
         rate = out["disagreement_rate"].tolist()
-        head_probs = _softmax(np.stack(heads, axis=1)).tolist() if return_heads else None  # [B, M, C]
-        for i in range(n):
-            k = classes[i]
-            pred: dict[str, Any] = {
-                "label": meta.class_labels[k],
-                "class_index": k,
-                "probabilities": probs[i],
-                "total_uncertainty": total[i],
-                "data_uncertainty": data[i],
-                "model_uncertainty": model_u[i],
-                "head_disagreement": disagreement[i],
-                "disagreement_rate": rate[i],
-                "ood": {"is_ood": is_ood[i], "score": score[i], "threshold": threshold, "p_value": p_value[i]},
-            }
-            if head_probs is not None:
-                pred["head_probabilities"] = head_probs[i]
-            preds.append(pred)
-        return preds
-    mean = out["mean"].tolist()
-    variance = out["variance"].tolist()
-    stacked = np.stack(heads, axis=1).tolist() if return_heads else None  # [B, M, 2, D]
+        lead = [{"label": meta.class_labels[k], "class_index": k, "probabilities": p}
+                for k, p in zip(classes, probs)]
+        heads_key = "head_probabilities"
+        if return_heads:
+            per_head = _softmax(np.stack(heads, axis=1)).tolist()  # [B, M, C]
+    else:
+        lead = [{"mean": m, "variance": v}
+                for m, v in zip(out["mean"].tolist(), out["variance"].tolist())]
+        heads_key = "heads"
+        if return_heads:
+            stacked = np.stack(heads, axis=1).tolist()  # [B, M, 2, D]
+            per_head = [[{"mean": h[0], "variance": h[1]} for h in row] for row in stacked]
+    preds: list[dict[str, Any]] = []
     for i in range(n):
-        pred = {
-            "mean": mean[i],
-            "variance": variance[i],
-            "total_uncertainty": total[i],
-            "data_uncertainty": data[i],
-            "model_uncertainty": model_u[i],
-            "head_disagreement": disagreement[i],
-            "ood": {"is_ood": is_ood[i], "score": score[i], "threshold": threshold, "p_value": p_value[i]},
-        }
-        if stacked is not None:
-            pred["heads"] = [{"mean": h[0], "variance": h[1]} for h in stacked[i]]
+        pred = lead[i]
+        pred["total_uncertainty"] = total[i]
+        pred["data_uncertainty"] = data[i]
+        pred["model_uncertainty"] = model_u[i]
+        pred["head_disagreement"] = disagreement[i]
+        if rate is not None:
+            pred["disagreement_rate"] = rate[i]
+        pred["ood"] = {"is_ood": is_ood[i], "score": score[i], "threshold": threshold, "p_value": p_value[i]}
+        if per_head is not None:
+            pred[heads_key] = per_head[i]
         preds.append(pred)
     return preds
 

@@ -26,14 +26,16 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from training.publish import versions
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = {"digits": "configs/digits.toml", "digits-cnn": "configs/digits_cnn.toml"}
 BATCHES = (1, 32, 256)
 
 
 def latest(repo: Path, name: str) -> Path | None:
-    versions = sorted((int(p.name) for p in (repo / name).glob("*") if p.name.isdigit()), default=None)
-    return None if versions is None else repo / name / str(versions)
+    found = versions(repo / name)
+    return repo / name / str(found[-1]) if found else None
 
 
 def session(path: Path, threads: int, profile_dir: str | None = None) -> ort.InferenceSession:
@@ -111,21 +113,21 @@ def ensure_default(name: str) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("versions", nargs="*", type=Path)
+    parser.add_argument("version_dirs", nargs="*", type=Path)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=0.5)
     args = parser.parse_args()
-    versions = args.versions or [ensure_default(n) for n in DEFAULTS]
+    dirs = args.version_dirs or [ensure_default(n) for n in DEFAULTS]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"onnxruntime {ort.__version__} (CPUExecutionProvider, {args.threads} threads)")
     print("| model | batch | Hydra samples/s | ensemble samples/s | ratio | ratio / M |")
     print("|---|---|---|---|---|---|")
-    for version in versions:
+    for version in dirs:
         for row in compare(version, args.threads, args.rounds, args.seconds):
             print(f"| {version.parent.name}/{version.name} | {row['batch']} | {row['hydra_per_s']:,.0f} | "
                   f"{row['ensemble_per_s']:,.0f} | {row['ratio']:.2f}x | {row['ratio'] / row['heads']:.2f} |")
-    for version in versions:
+    for version in dirs:
         shares = where_time_goes(version, args.threads)
         top = ", ".join(f"{op} {share:.0%}" for op, share in list(shares.items())[:8])
         print(f"\nwhere the Hydra's time goes ({version.parent.name}, batch 256, ORT profile): {top}")

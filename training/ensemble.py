@@ -48,11 +48,10 @@ def train_ensemble(config: RunConfig, data: Dataset, rt: Runtime, run_dir: Path)
     X, y = torch.as_tensor(data.train.X), _targets(data)
     for m in range(config.ensemble.members):
         final = run_dir / "members" / f"member_{m:03d}.pt"
-        net = new_network(config, data, 1)
+        torch.manual_seed(config.ensemble.seed + m)
+        net = new_network(config, data, 1)  # fresh weights under this member's seed
         state = load_checkpoint(final, key)
         if state is None:
-            torch.manual_seed(config.ensemble.seed + m)
-            net = new_network(config, data, 1)  # fresh weights under this member's seed
             fit(net, (X, y),
                 lambda model, batch: ground_truth_loss(data.task, model(batch[0]), batch[1]),
                 config.ensemble.optim, rt, checkpoint=final.with_suffix(".partial.pt"),

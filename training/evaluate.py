@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from training.data import Dataset
+from training.losses import gaussian_kl
 from training.metrics import (classification_metrics, fidelity, ood_metrics, regression_metrics,
                               reliability_bins)
 from training.networks import count_parameters
@@ -54,8 +55,6 @@ def _quality(task: str, o: Outputs, y: np.ndarray) -> dict[str, float]:
 
 
 def _per_head(task: str, student: Outputs, teacher: Outputs | None, y: np.ndarray) -> dict[str, list[float]]:
-    from training.losses import gaussian_kl
-
     out: dict[str, list[float]] = {}
     heads = torch.as_tensor(student.heads)
     if task == "classification":

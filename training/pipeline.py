@@ -56,11 +56,9 @@ def teachers(config: RunConfig, data: Dataset, rt: Runtime, run_dir: Path) -> tu
     return ensemble, X, outputs, original, config_key(config.ensemble, config.distill.transfer)
 
 
-def train(config: RunConfig, rt: Runtime, run_dir: Path, stop_after: str = "distill") -> Trained:
+def train(config: RunConfig, rt: Runtime, run_dir: Path) -> Trained:
     data = load_dataset(config.data)
     teacher, X, outputs, original, key = teachers(config, data, rt, run_dir)
-    if stop_after == "ensemble":
-        return Trained(data, teacher, None, None, len(X))  # type: ignore[arg-type]
     kd, hydra = distill(config, data, X, outputs, original, rt, run_dir, key)
     return Trained(data, teacher, kd, hydra, len(X))
 
@@ -83,8 +81,11 @@ def run_pipeline(config: RunConfig, repository: Path | None, stop_after: str = "
     rt = setup_runtime(config.device)
     run_dir = Path(config.runs_dir) / config.name
     try:
-        trained = train(config, rt, run_dir, "ensemble" if stop_after == "ensemble" else "distill")
-        if stop_after in ("ensemble", "distill") or not rt.is_main:
+        if stop_after == "ensemble":
+            teachers(config, load_dataset(config.data), rt, run_dir)  # trains, or checks a user's
+            return None
+        trained = train(config, rt, run_dir)
+        if stop_after == "distill" or not rt.is_main:
             return None
         data, teacher = trained.data, trained.teacher
         models: dict[str, nn.Module] = {"kd": trained.kd, "hydra": trained.hydra}
