@@ -60,3 +60,15 @@ def repo(tmp_path: Path, classifier: cm.BuiltModel) -> Path:
     root = tmp_path / "models"
     cm.write_version(root, "digits", 1, classifier.data)
     return root
+
+
+@pytest.fixture(scope="session")
+def nan_classifier(digits: dict[str, np.ndarray]) -> cm.BuiltModel:
+    """Rows holding a value of magnitude above 1e30 get non-finite outputs (others are exact)."""
+    return cm.build_classifier(digits["train_x"], digits["train_y"], digits["calib_x"], nan_above=1e30)
+
+
+@pytest.fixture(scope="session")
+def failing_classifier(digits: dict[str, np.ndarray]) -> cm.BuiltModel:
+    """ONNX Runtime raises for a whole call when any value of the batch is above 1e6."""
+    return cm.build_classifier(digits["train_x"], digits["train_y"], digits["calib_x"], fail_above=1e6)

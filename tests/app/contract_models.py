@@ -122,12 +122,18 @@ def build_classifier(
     alpha: float = 0.05,
     poison: bool = False,
     feature_shape: tuple[int, ...] | None = None,
+    nan_above: float | None = None,
+    fail_above: float | None = None,
 ) -> BuiltModel:
     """A classifier over features [F] (raw values; normalisation in the graph).
 
     ``feature_shape`` declares the input as [B, *feature_shape] (flattened in the graph;
     prod must be F), e.g. (8, 8) for digits. ``poison`` multiplies the logits by NaN:
-    structurally valid, fails any warm-up.
+    structurally valid, fails any warm-up. ``nan_above``: a row holding a value whose
+    magnitude exceeds it gets NaN logits (every output of that row non-finite, the other rows
+    untouched), as an input far beyond the training range overflows a real network.
+    ``fail_above``: ONNX Runtime raises (an out-of-bounds Gather) for a whole call when any
+    value of the batch exceeds it, as a kernel that rejects certain values does.
     """
     rng = np.random.default_rng(seed)
     x = np.asarray(train_x, dtype=np.float32)
@@ -144,6 +150,18 @@ def build_classifier(
     shape = feature_shape or (f,)
     g = _Graph()
     body = _body(g, x_mean, x_scale, w1, b1, nested=len(shape) > 1)
+    flat_x = g.op("Flatten", INPUT_NAME, axis=1)  # [B, F]
+    if fail_above is not None:
+        # index 0 normally, 7 (out of bounds for a 1-element tensor) when any value is above.
+        over = g.op("Cast", g.op("Greater", g.op("ReduceMax", flat_x, keepdims=0), g.const(fail_above)),
+                    to=TensorProto.INT64)
+        picked = g.op("Gather", g.const([0.0]), g.op("Mul", over, g.const(7, np.int64)), axis=0)
+        body = g.op("Add", body, picked)
+    row_nan = None
+    if nan_above is not None:
+        big = g.op("Greater", g.op("ReduceMax", g.op("Abs", flat_x), g.const([1], np.int64), keepdims=1),
+                   g.const(nan_above))  # [B, 1]
+        row_nan = g.op("Where", big, g.const(np.nan), g.const(0.0))  # [B, 1]
     heads = []
     for m in range(num_heads):
         rows = rng.integers(0, n, size=n)  # bootstrap sample
@@ -152,6 +170,8 @@ def build_classifier(
         w = w * mask[:, None] * logit_scale
         scale = np.float32(np.nan) if poison else np.float32(1.0)
         logits = g.op("Add", g.op("MatMul", body, g.const(w)), g.const(b * logit_scale))
+        if row_nan is not None:
+            logits = g.op("Add", logits, row_nan)
         heads.append(g.op("Mul", logits, g.const(scale), out=f"head_{m}"))  # [B, C]
 
     axis1 = g.const([1], np.int64)
