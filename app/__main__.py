@@ -11,6 +11,7 @@ import tempfile
 import uvicorn
 from pydantic import ValidationError
 
+from app.live_state import clear_stale_files
 from app.logs import configure_logging
 from app.settings import Settings
 
@@ -41,6 +42,11 @@ def main() -> None:
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         owned = tempfile.mkdtemp(prefix="hydra-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = owned
+    else:
+        # A directory given by the environment may hold a previous run's live gauges, whose
+        # pids the new workers could reuse. Workers that die while this run goes on are
+        # cleaned up by the survivors (app/live_state.py: mark_process_dead).
+        clear_stale_files(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     logger.info(
         "starting %d workers; metrics merged from %s",
         settings.workers, os.environ["PROMETHEUS_MULTIPROC_DIR"],

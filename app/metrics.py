@@ -1,34 +1,64 @@
-"""Prometheus metrics, built on a registry that is passed in (DESIGN.md lists the names).
+"""Prometheus metrics, built on a registry that is passed in.
 
-Uncertainty histograms have per-model buckets: a fixed grid plus the model's calibration
+Counters and histograms live here. The gauges that describe what is loaded right now (model
+info, OOD alpha, queue depth, drift, readiness) are derived from the repository's state at
+scrape time by app/live_state.py, so they appear and disappear with what they describe.
+
+Uncertainty histograms have per-version buckets: a fixed grid plus the model's calibration
 quantiles (the drift reference's equal-mass bin edges, the OOD score's quantiles) and its
 OOD threshold, so a bucket boundary sits exactly at the threshold. The exposition format
 allows a different ``le`` set per label set; each (model, version) gets its own unregistered
-``Histogram`` and one collector publishes them under one name. In multiprocess mode those
+``Histogram`` and one collector publishes them under one name, so queries must aggregate by
+``(model, version, le)``. Units differ by task, and a metric has one unit: classification
+uncertainties are entropies in nats (``hydra_<component>_uncertainty``), regression ones
+variances in squared target units (``hydra_<component>_variance``). In multiprocess mode those
 histograms write their values to the shared directory like every other metric, and
 ``MultiProcessCollector`` merges them.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from app.contract import UNCERTAINTY_COMPONENTS
+from app.live_state import LiveCollector, WorkerState
 from app.runtime import LoadedModel
+
+logger = logging.getLogger(__name__)
 
 UNCERTAINTY_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 0.5, 1.0, 1.5, 2.0, 3.0, 10.0, 100.0)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+TASKS = ("classification", "regression")
 
 
 def multiprocess_enabled() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def uncertainty_metric(task: str, component: str) -> str:
+    """The histogram a component of a model of this task is recorded in (one unit per name)."""
+    return f"hydra_{component}_variance" if task == "regression" else f"hydra_{component}_uncertainty"
+
+
+_DOC = {
+    ("classification", "total"): "Total predictive uncertainty per prediction of a classifier (entropy, nats)",
+    ("classification", "data"): "Data (aleatoric) uncertainty per prediction of a classifier (nats)",
+    ("classification", "model"): "Model (epistemic) uncertainty per prediction of a classifier: "
+    "the heads' disagreement (nats)",
+    ("regression", "total"): "Total predictive variance per prediction of a regressor "
+    "(squared target units, summed over outputs)",
+    ("regression", "data"): "Data (aleatoric) variance per prediction of a regressor (squared target units)",
+    ("regression", "model"): "Model (epistemic) variance per prediction of a regressor: "
+    "the spread of the heads' means (squared target units)",
+}
 
 
 def uncertainty_buckets(model: LoadedModel, component: str) -> list[float]:
@@ -45,29 +75,21 @@ def uncertainty_buckets(model: LoadedModel, component: str) -> list[float]:
 
 
 class _UncertaintyCollector(Collector):
-    """Publishes the per-(model, version) histograms of each component under one name."""
+    """Publishes the per-(model, version) histograms of each metric name under that name."""
 
     def __init__(self) -> None:
         self.histograms: dict[str, dict[tuple[str, str], Histogram]] = {
-            c: {} for c in UNCERTAINTY_COMPONENTS
+            uncertainty_metric(t, c): {} for t in TASKS for c in UNCERTAINTY_COMPONENTS
         }
+        self._docs = {uncertainty_metric(t, c): _DOC[(t, c)] for t in TASKS for c in UNCERTAINTY_COMPONENTS}
 
     def collect(self) -> Iterable[Metric]:
-        for component, by_model in self.histograms.items():
-            merged = Metric(
-                f"hydra_{component}_uncertainty", _UNCERTAINTY_DOC[component], "histogram"
-            )
-            for histogram in list(by_model.values()):
+        for name, by_version in self.histograms.items():
+            merged = Metric(name, self._docs[name], "histogram")
+            for histogram in list(by_version.values()):
                 for metric in histogram.collect():
                     merged.samples.extend(metric.samples)
             yield merged
-
-
-_UNCERTAINTY_DOC = {
-    "total": "Total predictive uncertainty per prediction (nats; regression: variance)",
-    "data": "Data (aleatoric) uncertainty per prediction (nats; regression: variance)",
-    "model": "Model (epistemic) uncertainty per prediction: the heads' disagreement",
-}
 
 
 class ServiceMetrics:
@@ -90,11 +112,6 @@ class ServiceMetrics:
             "hydra_ood_predictions", "Instances flagged out of distribution",
             ["model", "version"], registry=r,
         )
-        self.drift_psi = Gauge(
-            "hydra_uncertainty_drift_psi",
-            "Population stability index of recent uncertainties against the calibration reference",
-            ["model", "component"], registry=r, multiprocess_mode="max",
-        )
         self.batch_size = Histogram(
             "hydra_inference_batch_size", "Instances per ONNX Runtime call", ["model"],
             buckets=BATCH_BUCKETS, registry=r,
@@ -107,57 +124,41 @@ class ServiceMetrics:
             "hydra_queue_wait_seconds", "Time a request waited for its batch", ["model"],
             buckets=LATENCY_BUCKETS, registry=r,
         )
-        self.queue_depth = Gauge(
-            "hydra_queue_depth", "Requests waiting in the batching queue", ["model"],
-            registry=r, multiprocess_mode="livesum",
-        )
-        self.model_info = Gauge(
-            "hydra_model_info", "Loaded model versions (value 1) and their active provider",
-            ["model", "version", "provider", "task", "heads"], registry=r,
-            multiprocess_mode="livemax",
-        )
-        self.ood_target_rate = Gauge(
-            "hydra_ood_target_rate",
-            "Calibrated false-positive rate alpha of the OOD threshold: the expected OOD rate "
-            "on in-distribution traffic", ["model", "version"], registry=r,
-            multiprocess_mode="livemax",
-        )
         self.load_failures = Counter(
-            "hydra_model_load_failures", "Model versions refused at load (contract or warm-up)",
+            "hydra_model_load_failures",
+            "Model versions refused at load (incomplete or changing file, contract, metadata or warm-up)",
             ["model"], registry=r,
         )
         self._uncertainty = _UncertaintyCollector()
+        self._live: LiveCollector | None = None
         if not multiprocess_enabled():
             r.register(self._uncertainty)
+
+    def attach_state(self, state: Callable[[], WorkerState], min_samples: int) -> None:
+        """Single process: the live gauges read ``state()`` at every scrape (multiprocess
+        mode publishes them through files instead; see app/live_state.py)."""
+        if multiprocess_enabled() or self._live is not None:
+            return
+        self._live = LiveCollector(state, min_samples)
+        self.registry.register(self._live)
 
     def model_loaded(self, model: LoadedModel) -> None:
         key = (model.name, str(model.version))
         for component in UNCERTAINTY_COMPONENTS:
-            if key in self._uncertainty.histograms[component]:
-                continue
-            self._uncertainty.histograms[component][key] = Histogram(
-                f"hydra_{component}_uncertainty", _UNCERTAINTY_DOC[component],
+            name = uncertainty_metric(model.meta.task, component)
+            self._uncertainty.histograms[name][key] = Histogram(
+                name, _DOC[(model.meta.task, component)],
                 ["model", "version"], buckets=uncertainty_buckets(model, component), registry=None,
             )
-        self.model_info.labels(
-            model.name, str(model.version), model.provider, model.meta.task, str(model.meta.num_heads)
-        ).set(1)
-        if model.meta.ood is not None:
-            self.ood_target_rate.labels(*key).set(model.meta.ood.alpha)
 
     def model_unloaded(self, model: LoadedModel) -> None:
         key = (model.name, str(model.version))
-        for by_model in self._uncertainty.histograms.values():
-            by_model.pop(key, None)
-        labels = (model.name, str(model.version), model.provider, model.meta.task, str(model.meta.num_heads))
-        for gauge, values in ((self.model_info, labels), (self.ood_target_rate, key)):
-            try:
-                gauge.remove(*values)
-            except KeyError:
-                pass
+        for by_version in self._uncertainty.histograms.values():
+            by_version.pop(key, None)
 
     def observe_predictions(self, model: LoadedModel, outputs: dict[str, np.ndarray]) -> None:
-        """Count and histogram one batch of outputs [B]."""
+        """Count and histogram one batch of outputs [B]. Non-finite values are never observed
+        (one would poison a histogram's sum for good); they are logged."""
         key = (model.name, str(model.version))
         n = int(outputs["total_uncertainty"].shape[0])
         self.predictions.labels(*key).inc(n)
@@ -167,9 +168,18 @@ class ServiceMetrics:
         else:
             self.ood_predictions.labels(*key)  # the series exists from the first prediction on
         for component in UNCERTAINTY_COMPONENTS:
-            histogram = self._uncertainty.histograms[component].get(key)
+            name = uncertainty_metric(model.meta.task, component)
+            histogram = self._uncertainty.histograms[name].get(key)
             if histogram is None:
                 continue
+            values = np.asarray(outputs[f"{component}_uncertainty"], dtype=np.float64)
+            finite = np.isfinite(values)
+            if not finite.all():
+                logger.warning(
+                    "%d non-finite %s uncertainties from %s/%s not recorded in metrics",
+                    int((~finite).sum()), component, model.name, model.version,
+                )
+                values = values[finite]
             child = histogram.labels(*key)
-            for value in outputs[f"{component}_uncertainty"].tolist():
+            for value in values.tolist():
                 child.observe(value)

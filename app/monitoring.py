@@ -1,5 +1,6 @@
-"""Live drift monitoring: a sliding window of recent uncertainties per model and component,
-compared with the model's reference distribution by the population stability index."""
+"""Live drift monitoring: a sliding window of recent uncertainties per model version and
+component, compared with the version's calibration reference (app/drift.py: PSI and a
+chi-square p-value)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import numpy as np
 import numpy.typing as npt
 
 from app.contract import UNCERTAINTY_COMPONENTS
-from app.drift import DriftReference
+from app.drift import DriftReference, DriftStatistic
+from app.live_state import DriftWindow
 
 
 class ScoreWindow:
@@ -43,33 +45,46 @@ class ScoreWindow:
 
 
 class DriftMonitor:
-    """PSI per component for one model version's traffic.
+    """The last ``window`` uncertainties of one model version's traffic, per component, kept
+    for the drift statistics (app/live_state.py turns the bin counts into PSI and p-value).
 
-    ``observe`` returns the PSI of the window when at least ``min_samples`` are in it and
-    ``every`` new scores arrived since the last computation (an empty dict otherwise): the
-    gauge follows the traffic without a numpy pass per single-instance request.
+    Non-finite scores are not kept: they belong to no bin and would hide in the counts.
     """
 
     def __init__(
-        self, references: dict[str, DriftReference], window: int, min_samples: int, every: int = 10
+        self, references: dict[str, DriftReference], window: int, n_reference: int | None = None
     ) -> None:
         self.references = dict(references)
-        self.min_samples = min_samples
-        self.every = every
-        self._fresh = 0
+        self.n_reference = n_reference
+        self._size = window
         self._windows = {c: ScoreWindow(window) for c in UNCERTAINTY_COMPONENTS if c in references}
 
-    def observe(self, outputs: dict[str, npt.NDArray[np.generic]]) -> dict[str, float]:
-        """Add one batch's uncertainties [B]; maybe return the PSI of each component."""
-        size = 0
+    def observe(self, outputs: dict[str, npt.NDArray[np.generic]]) -> None:
+        """Add one batch's uncertainties [B]."""
         for component, window in self._windows.items():
-            scores = outputs[f"{component}_uncertainty"]
-            window.extend(scores)
-            size = len(scores)
-        self._fresh += size
-        if not self._windows or self._fresh < self.every:
-            return {}
-        if len(next(iter(self._windows.values()))) < self.min_samples:
-            return {}
-        self._fresh = 0
-        return {c: self.references[c].psi(w.values()) for c, w in self._windows.items()}
+            scores = np.asarray(outputs[f"{component}_uncertainty"], dtype=np.float64).ravel()
+            window.extend(scores[np.isfinite(scores)])
+
+    def reset(self) -> None:
+        """Forget the window (the version stopped being its model's default)."""
+        self._windows = {c: ScoreWindow(self._size) for c in self._windows}
+
+    def __len__(self) -> int:
+        return min((len(w) for w in self._windows.values()), default=0)
+
+    def windows(self) -> dict[str, DriftWindow]:
+        """Each component's window as bin counts against its reference."""
+        out = {}
+        for component, window in self._windows.items():
+            ref = self.references[component]
+            counts = ref.counts(window.values())
+            out[component] = DriftWindow(
+                ref.edges, ref.expected, tuple(int(c) for c in counts), self.n_reference
+            )
+        return out
+
+    def statistics(self) -> dict[str, DriftStatistic]:
+        """PSI and p-value per component of the current window (for tests and benchmarks)."""
+        return {
+            c: self.references[c].test(w.counts, self.n_reference) for c, w in self.windows().items()
+        }

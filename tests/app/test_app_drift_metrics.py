@@ -31,13 +31,13 @@ def test_drift_stable_in_distribution_then_significant_under_ood(
     ref_far = reference_outputs(classifier.data, far)
     drift = classifier.meta.drift
     threshold = classifier.meta.ood.threshold
-    psi = {"model": "digits", "component": "model"}
+    psi = {"model": "digits", "version": "1", "component": "model"}
     settings = make_settings(repo, drift_window=400, drift_min_samples=100)
     with serve(settings) as (client, _, reg):
         _send(client, in_dist[:50])
         assert reg.get_sample_value("hydra_uncertainty_drift_psi", psi) is None  # < min_samples
         _send(client, in_dist[50:])
-        stable = {c: reg.get_sample_value("hydra_uncertainty_drift_psi", {"model": "digits", "component": c})
+        stable = {c: reg.get_sample_value("hydra_uncertainty_drift_psi", {**LABELS, "component": c})
                   for c in UNCERTAINTY_COMPONENTS}
         ood_in = reg.get_sample_value("hydra_ood_predictions_total", LABELS)
         _send(client, far)
@@ -94,7 +94,7 @@ def test_uncertainty_histograms_have_calibration_buckets_and_exact_counts(
              "task": "classification", "heads": "5"},
         ) == 1.0
         assert reg.get_sample_value("hydra_ood_target_rate", LABELS) == cal.alpha
-        assert reg.get_sample_value("hydra_queue_depth", {"model": "digits"}) == 0.0
+        assert reg.get_sample_value("hydra_queue_depth", LABELS) == 0.0
         assert reg.get_sample_value("hydra_queue_wait_seconds_count", {"model": "digits"}) == 4
     assert f'le="{floatToGoString(cal.threshold)}"' in metrics_text
     for name in ("hydra_http_request_duration_seconds", "hydra_inference_duration_seconds"):

@@ -50,7 +50,10 @@ def test_readiness_false_until_warm_up_passed(
 def test_never_ready_when_warm_up_fails(tmp_path: Path, poisoned: cm.BuiltModel) -> None:
     cm.write_version(tmp_path, "digits", 1, poisoned.data)
     with serve(make_settings(tmp_path), wait_ready=False) as (client, app_, registry):
-        wait_for(lambda: app_.state.repository.scanned, what="first scan")
+        wait_for(
+            lambda: registry.get_sample_value("hydra_model_load_failures_total", {"model": "digits"}) == 1.0,
+            what="the refusal",
+        )
         ready = client.get("/v2/health/ready")
         predict = client.post(V1, json={"instances": [[0.0] * 64]})
     assert ready.status_code == 503
