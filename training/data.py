@@ -6,6 +6,8 @@ normalization statistics travel with the model and become part of the exported g
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,9 +63,26 @@ class Dataset:
     def output_dim(self) -> int:
         return 1 if self.task == "classification" else int(self.train.y.shape[1])
 
+    def digest(self) -> str:
+        """sha256 of what training sees: task, labels, shapes and the split arrays' bytes.
+
+        Checkpoints are keyed by it, so a data file rewritten in place (other labels, other
+        rows, other features) retrains instead of reusing what was fitted to the old one.
+        """
+        h = hashlib.sha256()
+        h.update(repr((self.task, self.feature_shape, self.class_labels)).encode())
+        for split in (self.train, self.calibration, self.test):
+            for array in (split.X, split.y):
+                h.update(repr((array.dtype.str, array.shape)).encode())
+                h.update(np.ascontiguousarray(array).tobytes())
+        return h.hexdigest()
+
 
 def check_arrays(X: np.ndarray, y: np.ndarray, task: str, where: str) -> tuple[Array, np.ndarray]:
-    """Fail fast on shapes, types and non-finite values, naming the array and the problem."""
+    """Fail fast on shapes, types and non-finite values, naming the array and the problem.
+
+    Classification ``y`` must already be class indices (``encode_labels`` makes them).
+    """
     if X.ndim < 2:
         raise DataError(f"{where}: X must be [N, features...], got shape {list(X.shape)}")
     if y.ndim not in (1, 2):
@@ -72,34 +91,108 @@ def check_arrays(X: np.ndarray, y: np.ndarray, task: str, where: str) -> tuple[A
         raise DataError(f"{where}: X has {X.shape[0]} rows but y has {y.shape[0]}")
     if X.shape[0] < 20:
         raise DataError(f"{where}: need at least 20 samples, got {X.shape[0]}")
-    try:
+    if X.dtype.kind not in "biuf":
+        raise DataError(f"{where}: X must be numeric, got dtype {X.dtype}")
+    with np.errstate(over="ignore"):
         X = X.astype(np.float32)
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"{where}: X must be numeric, got dtype {X.dtype}") from exc
     bad = ~np.isfinite(X)
     if bad.any():
         row = int(np.argwhere(bad)[0][0])
-        raise DataError(f"{where}: X has {int(bad.sum())} NaN/Inf values (first in row {row})")
+        raise DataError(f"{where}: X has {int(bad.sum())} NaN/Inf values or values beyond float32 "
+                        f"(first in row {row})")
     if task == "classification":
-        if y.ndim != 1:
-            raise DataError(f"{where}: classification y must be [N], got {list(y.shape)}")
-        if y.dtype.kind == "f":
-            if not np.all(np.isfinite(y)):
-                raise DataError(f"{where}: y has NaN/Inf values")
-            if not np.all(y == np.round(y)):
-                raise DataError(f"{where}: classification y must be integer class indices")
+        if y.ndim != 1 or y.dtype.kind not in "iu":
+            raise DataError(f"{where}: classification y must be class indices [N], got "
+                            f"{y.dtype} {list(y.shape)}")
         y = y.astype(np.int64)
-        if y.min() < 0:
-            raise DataError(f"{where}: class indices must be >= 0, got {int(y.min())}")
     else:
-        try:
-            y = y.astype(np.float32)
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"{where}: regression y must be numeric, got {y.dtype}") from exc
+        if y.dtype.kind not in "biuf":
+            raise DataError(f"{where}: regression y must be numeric, got dtype {y.dtype}")
+        y = y.astype(np.float32)
         if not np.all(np.isfinite(y)):
             raise DataError(f"{where}: y has {int((~np.isfinite(y)).sum())} NaN/Inf values")
         y = y.reshape(y.shape[0], -1)
     return X, y
+
+
+def _label_name(value: object) -> str:
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def encode_labels(y: np.ndarray, task: str, where: str) -> tuple[str, np.ndarray, tuple[str, ...]]:
+    """The task, the targets the networks train on, and the class labels.
+
+    Class labels may be integers, integral floats (as a CSV gives them) or strings; they are
+    mapped in sorted order to contiguous indices 0..C-1, and their names kept for the model's
+    metadata. ``task`` (classification | regression | "") is inferred only when the values
+    leave no doubt: strings or booleans are classes, non-integral numbers are a regression
+    target, two distinct values are a binary class; anything else asks for ``data.task``.
+    """
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim == 2:
+        numeric = y.dtype.kind in "biuf"
+        if numeric and y.shape[1] > 1 and np.isin(y, (0, 1)).all() and np.all(y.sum(axis=1) == 1):
+            raise DataError(f"{where}: y looks one-hot encoded ({list(y.shape)}, one 1 per row); give "
+                            "one class label per row instead (for example y.argmax(axis=1))")
+        if task == "classification":
+            raise DataError(f"{where}: classification y must hold one label per row [N], got shape "
+                            f"{list(y.shape)}")
+        if task == "":
+            task = "regression"
+    if y.ndim != 1 and y.ndim != 2:
+        raise DataError(f"{where}: y must be [N] or [N, D], got shape {list(y.shape)}")
+    if y.dtype.kind in "US":
+        if task == "regression":
+            example = next((v for v in y if not _is_number(v)), y[0])
+            raise DataError(f"{where}: a regression target must be numeric, got {str(example)!r}")
+        task = "classification"
+    elif y.dtype.kind == "b":
+        if task == "regression":
+            raise DataError(f"{where}: a regression target must be numeric, got booleans")
+        task = "classification"
+    elif y.dtype.kind in "iuf":
+        if not np.all(np.isfinite(y)):
+            raise DataError(f"{where}: y has {int((~np.isfinite(y)).sum())} NaN/Inf values")
+        integral = bool(np.all(y == np.round(y)))
+        distinct = np.unique(y)
+        if task == "classification" and not integral:
+            row = int(np.flatnonzero(y != np.round(y))[0])
+            raise DataError(f"{where}: class labels must be integers or strings, got {y[row].item()!r} in "
+                            f"row {row}")
+        if task == "":
+            if not integral:
+                task = "regression"
+            elif len(distinct) == 2:
+                task = "classification"
+            else:
+                shown = ", ".join(_label_name(v) for v in distinct[:5])
+                raise DataError(
+                    f"{where}: cannot tell whether y is a class label or a regression target: it "
+                    f"holds {len(distinct)} distinct integer values ({shown}"
+                    f"{', ...' if len(distinct) > 5 else ''}); set data.task = \"classification\" "
+                    "or \"regression\"")
+    else:
+        raise DataError(f"{where}: y must hold numbers or strings, got dtype {y.dtype}")
+    if task == "regression":
+        return task, y, ()
+    distinct, indices = np.unique(y, return_inverse=True)
+    if len(distinct) < 2:
+        raise DataError(f"{where}: classification needs at least 2 classes, got {len(distinct)}")
+    labels = tuple(_label_name(v) for v in distinct)
+    if len(set(labels)) != len(labels):
+        raise DataError(f"{where}: class labels {list(labels)} are not distinct as text")
+    return task, indices.reshape(-1).astype(np.int64), labels
+
+
+def _is_number(text: object) -> bool:
+    try:
+        float(str(text))
+    except ValueError:
+        return False
+    return True
 
 
 def split_indices(n: int, cal: float, test: float, seed: int) -> tuple[np.ndarray, ...]:
@@ -208,23 +301,60 @@ def _tabular(name: str, X: Array, y: np.ndarray, task: str, config: DataConfig,
     )
 
 
+def _read_csv(path: Path, target: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Numeric feature columns and the target column (numbers when every value is one,
+    strings otherwise). Errors name the row (1-based, header = row 1) and the column."""
+    try:
+        with path.open(newline="") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot be read as CSV: {exc}") from exc
+    rows = [r for r in rows if any(cell.strip() for cell in r)]
+    if len(rows) < 2:
+        raise DataError(f"{path}: expected a header row and data rows, found {len(rows)} rows")
+    header = [h.strip() for h in rows[0]]
+    for number, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise DataError(f"{path}: row {number} has {len(row)} fields, the header has {len(header)}")
+    col = header.index(target) if target in header else None
+    features = [i for i in range(len(header)) if i != col]
+    if not features:
+        raise DataError(f"{path}: no feature columns besides the target {target!r}")
+    X = np.empty((len(rows) - 1, len(features)), dtype=np.float64)
+    for r, row in enumerate(rows[1:]):
+        for j, i in enumerate(features):
+            try:
+                X[r, j] = float(row[i])
+            except ValueError:
+                raise DataError(f"{path}: row {r + 2}, column {header[i]!r}: expected a number, got "
+                                f"{row[i]!r}") from None
+    if col is None:
+        return X, None
+    values = [row[col].strip() for row in rows[1:]]
+    if all(_is_number(v) for v in values):
+        return X, np.array([float(v) for v in values])
+    if any(v == "" for v in values):
+        raise DataError(f"{path}: column {target!r} has empty values (first in row "
+                        f"{values.index('') + 2})")
+    return X, np.array(values)
+
+
 def _read_file(path: Path, target: str) -> tuple[np.ndarray, np.ndarray | None]:
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as f:
-            if "X" not in f:
-                raise DataError(f"{path}: expected an array named 'X', found {sorted(f.files)}")
-            return np.asarray(f["X"]), (np.asarray(f["y"]) if "y" in f else None)
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                if "X" not in f:
+                    raise DataError(f"{path}: expected an array named 'X', found {sorted(f.files)}")
+                return np.asarray(f["X"]), (np.asarray(f["y"]) if "y" in f else None)
+        except DataError:
+            raise
+        except (OSError, ValueError, EOFError) as exc:  # not an npz, or object arrays
+            raise DataError(f"{path}: cannot be read as .npz (numeric or string arrays X, y): "
+                            f"{exc}") from exc
     if path.suffix == ".csv":
-        with path.open() as fh:
-            header = fh.readline().strip().split(",")
-        table = np.genfromtxt(path, delimiter=",", skip_header=1, dtype=np.float64)
-        table = table.reshape(-1, len(header))
-        if target not in header:
-            return table, None
-        col = header.index(target)
-        return np.delete(table, col, axis=1), table[:, col]
+        return _read_csv(path, target)
     raise DataError(f"{path}: expected a .npz (arrays X, y) or .csv file")
 
 
@@ -233,19 +363,19 @@ def _user(config: DataConfig) -> Dataset:
     X, y = _read_file(path, config.target)
     if y is None:
         raise DataError(f"{path}: no target found (array 'y' or column {config.target!r})")
-    task = config.task or ("classification" if y.dtype.kind in "iub" else "regression")
-    if task not in ("classification", "regression"):
-        raise DataError(f"data.task must be classification or regression, got {task!r}")
+    if config.task not in ("", "classification", "regression"):
+        raise DataError(f"data.task must be classification or regression, got {config.task!r}")
+    if X.ndim >= 1 and y.ndim >= 1 and X.shape[0] != y.shape[0]:
+        raise DataError(f"{path}: X has {X.shape[0]} rows but y has {y.shape[0]}")
+    task, y, labels = encode_labels(y, config.task, str(path))
     X, y = check_arrays(X, y, task, str(path))
-    labels: tuple[str, ...] = ()
-    if task == "classification":
-        labels = tuple(str(i) for i in range(int(y.max()) + 1))
-        if len(labels) < 2:
-            raise DataError(f"{path}: classification needs at least 2 classes, got {len(labels)}")
     ood: dict[str, Array] = {}
     if config.ood_path:
         X_ood, _ = _read_file(Path(config.ood_path), config.target)
-        X_ood = X_ood.astype(np.float32)
+        if X_ood.dtype.kind not in "biuf":
+            raise DataError(f"{config.ood_path}: X must be numeric, got dtype {X_ood.dtype}")
+        with np.errstate(over="ignore"):
+            X_ood = X_ood.astype(np.float32)
         if X_ood.shape[1:] != X.shape[1:]:
             raise DataError(
                 f"{config.ood_path}: OOD features have shape {list(X_ood.shape[1:])}, "
@@ -271,16 +401,36 @@ def load_dataset(config: DataConfig) -> Dataset:
     raise DataError(f"data.source must be digits, diabetes, npz or csv, got {config.source!r}")
 
 
-def feature_stats(X: Array) -> tuple[Array, Array]:
-    """Per-feature mean and std of the training inputs, for the in-graph normalization.
+def value_spacing(X: Array, max_rows: int = 20000) -> Array:
+    """Per feature, the smallest gap between two distinct values seen (0 for a constant one).
 
-    Stds are floored at a quarter of the mean std: a near-constant feature (a digit's border
-    pixel) would otherwise turn a little noise there into a many-sigma input.
+    Computed on at most ``max_rows`` rows (a subsample can only widen the gap).
     """
+    rows = X[:max_rows] if X.shape[0] > max_rows else X
+    ordered = np.sort(rows, axis=0)  # [N, d]
+    gaps = np.diff(ordered, axis=0)
+    gaps = np.where(gaps > 0, gaps, np.inf)
+    spacing = gaps.min(axis=0) if gaps.shape[0] else np.full(X.shape[1], np.inf)
+    return np.where(np.isfinite(spacing), spacing, 0.0).astype(np.float32)
+
+
+def feature_stats(X: Array) -> tuple[Array, Array]:
+    """Per-feature mean and scale of the training inputs, for the in-graph normalization.
+
+    The scale is each feature's own std, but never below the spacing of its own values: a
+    near-constant feature (a digit's border pixel, inked in a few images) would otherwise
+    turn a one-step change there into a many-sigma input, while a feature measured on a
+    small scale (0.05 to 0.1, in steps of 1e-4) keeps its full resolution. A constant
+    feature is scaled by max(|value|, 1). Each rule looks at the feature alone, so features
+    in other units never change each other's scale.
+    """
+    X = X.reshape(X.shape[0], -1)
     mean = X.mean(axis=0).astype(np.float32)
     std = X.std(axis=0)
-    floor = max(0.25 * float(std.mean()), 1e-3)
-    return mean, np.maximum(std, floor).astype(np.float32)
+    scale = np.maximum(std, value_spacing(X))
+    constant = scale <= 0
+    scale = np.where(constant, np.maximum(np.abs(mean), 1.0), scale)
+    return mean, scale.astype(np.float32)
 
 
 def target_stats(y: np.ndarray) -> tuple[Array, Array]:

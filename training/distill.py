@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from training.config import RunConfig
@@ -19,6 +18,7 @@ from training.ensemble import new_network
 from training.losses import distill_loss, ground_truth_loss
 from training.networks import HydraNet
 from training.runtime import Runtime, config_key, fit, load_checkpoint, save_atomic
+from training.transfer import TransferSet
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +35,6 @@ def _loss_fn(config: RunConfig, task: str):  # noqa: ANN202 - a closure over the
         return value
 
     return loss
-
-
-def _labels(data: Dataset, original: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ground truth for the transfer rows that are training inputs; placeholders elsewhere."""
-    n = original.shape[0]
-    y_train = data.train.y
-    if data.task == "classification":
-        y = np.zeros(n, dtype=np.int64)
-    else:
-        y = np.zeros((n, y_train.shape[1]), dtype=np.float32)
-    if original.sum() == len(y_train):
-        y[original] = y_train
-    else:  # a user's transfer set: its rows are not the training rows
-        original = np.zeros(n, dtype=bool)
-    return torch.as_tensor(y), torch.as_tensor(original)
 
 
 def _stage(config: RunConfig, data: Dataset, rt: Runtime, path: Path, key: str, net: HydraNet,
@@ -70,16 +55,13 @@ def _stage(config: RunConfig, data: Dataset, rt: Runtime, path: Path, key: str, 
     return net.eval()
 
 
-def distill(config: RunConfig, data: Dataset, X_transfer: np.ndarray, teacher_outputs: np.ndarray,
-            original: np.ndarray, rt: Runtime, run_dir: Path, transfer_key: str) -> tuple[HydraNet, HydraNet]:
-    """Returns (kd_student with one head, hydra with M heads).
-
-    X_transfer [N, *feature_shape]; teacher_outputs [N, M, C] or [N, M, 2, D].
-    """
-    num_heads = teacher_outputs.shape[1]
-    y, labelled = _labels(data, original)
-    tensors = (torch.as_tensor(X_transfer), torch.as_tensor(teacher_outputs), y, labelled)
-    base = (config.data, config.model, config.distill, transfer_key)
+def distill(config: RunConfig, data: Dataset, transfer: TransferSet, rt: Runtime,
+            run_dir: Path) -> tuple[HydraNet, HydraNet]:
+    """Returns (kd_student with one head, hydra with M heads), both fitted on ``transfer``."""
+    num_heads = transfer.teacher.shape[1]
+    tensors = (torch.as_tensor(transfer.X), torch.as_tensor(transfer.teacher),
+               torch.as_tensor(transfer.y), torch.as_tensor(transfer.labelled))
+    base = (config.data, config.model, config.distill, transfer.key, data.digest())
 
     torch.manual_seed(config.distill.seed)
     kd = _stage(config, data, rt, run_dir / "kd.pt", config_key(*base, "phase1"),

@@ -43,7 +43,7 @@ def _targets(data: Dataset) -> torch.Tensor:
 
 def train_ensemble(config: RunConfig, data: Dataset, rt: Runtime, run_dir: Path) -> Ensemble:
     """Train (or load) the M members; member m is seeded with ensemble.seed + m."""
-    key = config_key(config.data, config.model, config.ensemble, "member")
+    key = config_key(config.data, config.model, config.ensemble, data.digest(), "member")
     members = []
     X, y = torch.as_tensor(data.train.X), _targets(data)
     for m in range(config.ensemble.members):

@@ -5,6 +5,7 @@ after a crash) picks up where the last one stopped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -17,17 +18,17 @@ import torch
 from torch import nn
 
 from app.contract import ModelMetadata
-from training.config import RunConfig
-from training.data import Dataset, load_dataset
+from training.config import RunConfig, TransferConfig
+from training.data import Dataset, DataError, load_dataset
 from training.distill import distill
-from training.ensemble import load_member_predictions, train_ensemble
+from training.ensemble import MemberPredictions, load_member_predictions, train_ensemble
 from training.evaluate import Outputs, evaluate, parameter_counts
 from training.export import calibrate, export_checked
 from training.networks import Ensemble, HydraNet
 from training.publish import publish
 from training.report import write_report
 from training.runtime import Runtime, config_key, predict, setup_runtime, teardown_runtime
-from training.transfer import build_transfer_inputs
+from training.transfer import TransferSet, build_transfer_inputs, row_keys, transfer_box_share
 
 log = logging.getLogger(__name__)
 
@@ -40,27 +41,81 @@ class Trained:
     teacher: Ensemble | None
     kd: HydraNet
     hydra: HydraNet
-    transfer_size: int
+    transfer: TransferSet
 
 
-def teachers(config: RunConfig, data: Dataset, rt: Runtime, run_dir: Path) -> tuple[Ensemble | None, np.ndarray, np.ndarray, np.ndarray, str]:
-    """(ensemble or None, transfer inputs, teacher outputs on them, mask of training rows, key)."""
+def teachers(config: RunConfig, data: Dataset, rt: Runtime, run_dir: Path) -> tuple[Ensemble | None, TransferSet]:
+    """The ensemble (None for a user's member predictions) and the transfer set it labels."""
     if config.ensemble.predictions:
         given = load_member_predictions(Path(config.ensemble.predictions), data, config.ensemble.members)
-        original = np.zeros(given.X.shape[0], dtype=bool)
-        key = config_key(config.ensemble.predictions, given.X.shape, float(given.outputs.sum()))
-        return None, given.X, given.outputs, original, key
+        return None, external_transfer_set(given, data, config)
     ensemble = train_ensemble(config, data, rt, run_dir)
     X, original = build_transfer_inputs(data.train.X, ensemble, config.distill.transfer, rt)
     outputs = predict(ensemble, torch.as_tensor(X), rt).numpy()
-    return ensemble, X, outputs, original, config_key(config.ensemble, config.distill.transfer)
+    y = np.zeros((len(X), *data.train.y.shape[1:]), dtype=data.train.y.dtype)
+    y[original] = data.train.y
+    summary = {"source": "members trained here", "rows": int(len(X)),
+               "training_rows": int(original.sum()), "added_rows": int((~original).sum())}
+    key = config_key(config.ensemble, config.distill.transfer, data.digest())
+    return ensemble, TransferSet(X, outputs, y, original, key, summary)
+
+
+# Transfer settings that need the teachers themselves, which a predictions file does not give.
+_TEACHER_ONLY = ("copies", "noise_std", "mixup_alpha", "perturb_steps", "uniform_fraction")
+
+
+def external_transfer_set(given: MemberPredictions, data: Dataset, config: RunConfig) -> TransferSet:
+    """A user's member predictions as a transfer set, without the held-out rows.
+
+    Rows equal to a calibration or test row are dropped (and counted): distilling on them
+    would leak the inputs the OOD threshold and the report are computed on. Rows equal to a
+    training row get that row's label, for ``distill.gt_weight``.
+    """
+    held_out = {"calibration": set(row_keys(data.calibration.X)), "test": set(row_keys(data.test.X))}
+    train_rows = {k: i for i, k in enumerate(row_keys(data.train.X))}
+    keys = row_keys(given.X)
+    keep = np.ones(len(keys), dtype=bool)
+    dropped = {name: 0 for name in held_out}
+    for i, k in enumerate(keys):
+        for name, rows in held_out.items():
+            if k in rows:
+                dropped[name] += 1
+                keep[i] = False
+                break
+    if not keep.any():
+        raise DataError(f"{config.ensemble.predictions}: every row of X is a calibration or test "
+                        "row of the data set; give member predictions on training (or other) inputs")
+    X, teacher = given.X[keep], given.outputs[keep]
+    y = np.zeros((len(X), *data.train.y.shape[1:]), dtype=data.train.y.dtype)
+    labelled = np.zeros(len(X), dtype=bool)
+    for i, k in enumerate(np.asarray(keys, dtype=object)[keep]):
+        j = train_rows.get(k)
+        if j is not None:
+            y[i], labelled[i] = data.train.y[j], True
+    defaults = TransferConfig()
+    ignored = [f"distill.transfer.{name}" for name in _TEACHER_ONLY
+               if getattr(config.distill.transfer, name) != getattr(defaults, name)]
+    if config.distill.gt_weight > 0 and not labelled.any():
+        ignored.append("distill.gt_weight (no row of the file is a training row)")
+    if sum(dropped.values()):
+        log.warning("member predictions: dropped %d calibration and %d test rows from the transfer "
+                    "set (they must stay unseen)", dropped["calibration"], dropped["test"])
+    if ignored:
+        log.warning("member predictions: %s cannot apply without the members themselves: ignored",
+                    ", ".join(ignored))
+    digest = hashlib.sha256(np.ascontiguousarray(X).tobytes() + np.ascontiguousarray(teacher).tobytes())
+    summary = {"source": "member predictions file", "rows_given": int(len(keys)),
+               "dropped_held_out_rows": dropped, "rows": int(len(X)),
+               "training_rows": int(labelled.sum()), "ignored_settings": ignored}
+    key = config_key("predictions", digest.hexdigest(), data.digest())
+    return TransferSet(X, teacher, y, labelled, key, summary)
 
 
 def train(config: RunConfig, rt: Runtime, run_dir: Path) -> Trained:
     data = load_dataset(config.data)
-    teacher, X, outputs, original, key = teachers(config, data, rt, run_dir)
-    kd, hydra = distill(config, data, X, outputs, original, rt, run_dir, key)
-    return Trained(data, teacher, kd, hydra, len(X))
+    teacher, transfer = teachers(config, data, rt, run_dir)
+    kd, hydra = distill(config, data, transfer, rt, run_dir)
+    return Trained(data, teacher, kd, hydra, transfer)
 
 
 def _metadata(config: RunConfig, data: Dataset, kind: str, num_heads: int, calibration: Outputs,
@@ -94,10 +149,12 @@ def run_pipeline(config: RunConfig, repository: Path | None, stop_after: str = "
         params = parameter_counts(teacher.members[0] if teacher else None, teacher, trained.kd, trained.hydra)
         report, outputs = evaluate(data, models, rt, params)
         summary = {"name": config.name, "data": data.name, "members": trained.hydra.num_heads,
-                   "transfer_size": trained.transfer_size, "body": config.model.body,
+                   "transfer_size": len(trained.transfer), "body": config.model.body,
                    "head": config.model.head, "temperature": config.distill.temperature,
                    "test": report["test"]["hydra"], "device": str(rt.device),
                    "world_size": rt.world_size}
+        report["transfer"] = {**trained.transfer.summary, "ood_rows_inside_transfer_box": {
+            name: transfer_box_share(trained.transfer.X, X) for name, X in data.ood.items()}}
         report.update(name=config.name, config=config.to_dict(), created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                       device=str(rt.device), world_size=rt.world_size)
 

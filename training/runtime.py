@@ -179,10 +179,14 @@ def fit(model: nn.Module, tensors: tuple[torch.Tensor, ...], loss_fn: LossFn, op
 
 @torch.no_grad()
 def predict(model: nn.Module, X: torch.Tensor, rt: Runtime, batch_size: int = 1024) -> torch.Tensor:
-    """Per-head outputs of ``model`` on raw inputs X, in float32 on the CPU."""
+    """Per-head outputs of ``model`` on raw inputs X, in float32 on the CPU.
+
+    Always computed in float32, never under autocast, even when training steps use bf16:
+    teacher targets, the report and the OOD calibration must describe the graph that is
+    served, which runs in float32.
+    """
     model.eval()
     outs = []
     for i in range(0, X.shape[0], batch_size):
-        with rt.autocast():
-            outs.append(model(X[i : i + batch_size].to(rt.device)).float().cpu())
+        outs.append(model(X[i : i + batch_size].to(rt.device).float()).float().cpu())
     return torch.cat(outs)

@@ -9,6 +9,8 @@ pushed by a few signed-gradient steps toward more member disagreement.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +21,41 @@ from training.runtime import Runtime
 from training.uncertainty import derived_outputs
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TransferSet:
+    """What the student imitates the teachers on.
+
+    X [N, *feature_shape] raw inputs; teacher [N, M, C] logits or [N, M, 2, D] Gaussians;
+    y [N] (or [N, D]) ground truth where ``labelled`` [N] is True (training rows), zeros
+    elsewhere. ``key`` identifies the content for checkpoints; ``summary`` goes into the report.
+    """
+
+    X: np.ndarray
+    teacher: np.ndarray
+    y: np.ndarray
+    labelled: np.ndarray
+    key: str
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.X.shape[0])
+
+
+def row_keys(X: np.ndarray) -> list[bytes]:
+    """One hashable key per row: its float32 bytes (rows equal after float32 casting match)."""
+    flat = np.ascontiguousarray(X.reshape(X.shape[0], -1).astype(np.float32))
+    return [row.tobytes() for row in flat]
+
+
+def transfer_box_share(X_transfer: np.ndarray, X: np.ndarray) -> float:
+    """Share of rows of X inside the transfer set's per-feature [min, max] box."""
+    flat_t = X_transfer.reshape(X_transfer.shape[0], -1)
+    flat = X.reshape(X.shape[0], -1)
+    lo, hi = flat_t.min(axis=0), flat_t.max(axis=0)
+    inside = np.all((flat >= lo) & (flat <= hi), axis=1)
+    return float(inside.mean())
 
 
 def _disagreement_ascent(teacher: Ensemble, z: torch.Tensor, cfg: TransferConfig, rt: Runtime) -> torch.Tensor:

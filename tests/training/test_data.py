@@ -34,13 +34,19 @@ def _write_npz(path: Path, **arrays: np.ndarray) -> Path:
 def test_user_npz_classification(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(200, 5)), rng.integers(0, 3, 200)
-    data = load_dataset(DataConfig(source="npz", path=str(_write_npz(tmp_path / "d.npz", X=X, y=y))))
+    path = str(_write_npz(tmp_path / "d.npz", X=X, y=y))
+    # Three distinct integers could be classes or a count: the user has to say which.
+    with pytest.raises(DataError, match=r'holds 3 distinct integer values \(0, 1, 2\); set data.task = "classification"'):
+        load_dataset(DataConfig(source="npz", path=path))
+    data = load_dataset(DataConfig(source="npz", path=path, task="classification"))
     assert data.task == "classification" and data.class_labels == ("0", "1", "2")
     assert "extrapolation" in data.ood
+    regression = load_dataset(DataConfig(source="npz", path=path, task="regression"))
+    assert regression.task == "regression" and regression.train.y.dtype == np.float32
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda X, y: (np.where(np.arange(X.size).reshape(X.shape) == 7, np.nan, X), y), r"X has 1 NaN/Inf values \(first in row 1\)"),
+    (lambda X, y: (np.where(np.arange(X.size).reshape(X.shape) == 7, np.nan, X), y), r"X has 1 NaN/Inf values or values beyond float32 \(first in row 1\)"),
     (lambda X, y: (X, np.where(np.arange(y.size) == 3, np.nan, y)), r"y has 1 NaN/Inf values"),
     (lambda X, y: (X[:-1], y), r"X has 199 rows but y has 200"),
     (lambda X, y: (X[:, 0], y), r"X must be \[N, features...\]"),

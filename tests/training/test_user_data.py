@@ -1,0 +1,134 @@
+"""Data as users have it: CSV and npz files, labels of any kind, and the refusals that say why."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.config import DataConfig
+from training.data import DataError, encode_labels, feature_stats, load_dataset
+
+
+def _csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
+    path.write_text("\n".join([",".join(header)] + [",".join(map(str, r)) for r in rows]) + "\n")
+    return path
+
+
+def _separable(n: int = 120, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    X = rng.normal(size=(n, 3)) + 3.0 * y[:, None]
+    return X, y
+
+
+def test_csv_with_01_integer_labels_is_a_classifier(tmp_path: Path) -> None:
+    X, y = _separable()
+    path = _csv(tmp_path / "d.csv", ["a", "b", "c", "target"], [[*x.round(4), int(t)] for x, t in zip(X, y)])
+    data = load_dataset(DataConfig(source="csv", path=str(path)))
+    assert data.task == "classification" and data.class_labels == ("0", "1")
+    assert data.train.y.dtype == np.int64
+    all_y = np.concatenate([data.train.y, data.calibration.y, data.test.y])
+    assert sorted(np.bincount(all_y).tolist()) == sorted(np.bincount(y).tolist())
+
+
+def test_string_labels_are_mapped_in_sorted_order(tmp_path: Path) -> None:
+    X, y = _separable()
+    X[:, 2] = 100.0 * y  # the class can be read off column c
+    names = np.array(["malignant", "benign"])[y]
+    path = _csv(tmp_path / "d.csv", ["a", "b", "c", "diagnosis"], [[*x.round(4), t] for x, t in zip(X, names)])
+    data = load_dataset(DataConfig(source="csv", path=str(path), target="diagnosis"))
+    assert data.task == "classification" and data.class_labels == ("benign", "malignant")
+    # Index k means class_labels[k]: "benign" rows (c = 100) have index 0, "malignant" ones 1.
+    for split in (data.train, data.calibration, data.test):
+        np.testing.assert_array_equal(split.y, np.where(split.X[:, 2] > 50, 0, 1))
+    with pytest.raises(DataError, match=r"a regression target must be numeric, got 'malignant'|got 'benign'"):
+        load_dataset(DataConfig(source="csv", path=str(path), target="diagnosis", task="regression"))
+
+
+def test_non_contiguous_labels_become_contiguous_indices(tmp_path: Path) -> None:
+    X, y = _separable()
+    path = tmp_path / "d.npz"
+    np.savez(path, X=X, y=np.where(y == 1, 7, 3))
+    data = load_dataset(DataConfig(source="npz", path=str(path)))
+    assert data.class_labels == ("3", "7") and data.num_classes == 2
+    assert set(np.unique(data.train.y)) == {0, 1}
+
+
+def test_float_labels_integral_or_not() -> None:
+    task, y, labels = encode_labels(np.array([0.0, 1.0, 1.0, 0.0]), "", "y")
+    assert (task, y.tolist(), labels) == ("classification", [0, 1, 1, 0], ("0", "1"))
+    task, y, labels = encode_labels(np.array([0.5, 1.0, 2.0]), "", "y")
+    assert task == "regression" and labels == ()
+    with pytest.raises(DataError, match=r"class labels must be integers or strings, got 0.5 in row 0"):
+        encode_labels(np.array([0.5, 1.0, 2.0]), "classification", "y")
+    task, y, labels = encode_labels(np.array([True, False, True]), "", "y")
+    assert (task, y.tolist(), labels) == ("classification", [1, 0, 1], ("False", "True"))
+
+
+def test_one_hot_labels_are_refused(tmp_path: Path) -> None:
+    X, y = _separable()
+    path = tmp_path / "d.npz"
+    np.savez(path, X=X, y=np.eye(2)[y])
+    for task in ("", "classification", "regression"):
+        with pytest.raises(DataError, match=r"y looks one-hot encoded \(\[120, 2\], one 1 per row\)"):
+            load_dataset(DataConfig(source="npz", path=str(path), task=task))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a,b,target\n1,2,0\n3,0\n", r"row 3 has 2 fields, the header has 3"),
+    ("a,b,target\n1,2,0\n3,x,1\n", r"row 3, column 'b': expected a number, got 'x'"),
+    ("a,b,target\n1,2,0\n3,,1\n", r"row 3, column 'b': expected a number, got ''"),
+    ("a,b,target\n", r"expected a header row and data rows, found 1 rows"),
+    ("a,b,label\n1,2,0\n3,4,1\n", r"no target found \(array 'y' or column 'target'\)"),
+])
+def test_malformed_csv_names_row_and_column(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text(text)
+    with pytest.raises(DataError, match=message):
+        load_dataset(DataConfig(source="csv", path=str(path)))
+
+
+def test_npz_that_is_not_one(tmp_path: Path) -> None:
+    path = tmp_path / "d.npz"
+    path.write_bytes(b"not a zip file")
+    with pytest.raises(DataError, match=r"cannot be read as .npz"):
+        load_dataset(DataConfig(source="npz", path=str(path)))
+    np.savez(path, X=np.zeros((30, 2)), y=np.array([{"a": 1}] * 30, dtype=object))
+    with pytest.raises(DataError, match=r"cannot be read as .npz"):
+        load_dataset(DataConfig(source="npz", path=str(path)))
+
+
+def test_digest_follows_the_contents(tmp_path: Path) -> None:
+    X, y = _separable()
+    path = tmp_path / "d.npz"
+    np.savez(path, X=X, y=y)
+    first = load_dataset(DataConfig(source="npz", path=str(path))).digest()
+    assert load_dataset(DataConfig(source="npz", path=str(path))).digest() == first
+    np.savez(path, X=X, y=1 - y)  # same path, other labels
+    assert load_dataset(DataConfig(source="npz", path=str(path))).digest() != first
+    np.savez(path, X=X[:, :2], y=y)  # same path, fewer features
+    assert load_dataset(DataConfig(source="npz", path=str(path))).digest() != first
+
+
+def test_feature_scale_looks_at_each_feature_alone() -> None:
+    rng = np.random.default_rng(0)
+    n = 1000
+    big = rng.normal(1000.0, 200.0, n)          # large units
+    small = rng.normal(0.07, 0.007, n)         # small units, continuous
+    sparse = np.where(rng.random(n) < 0.02, rng.integers(1, 4, n), 0).astype(float)  # a rarely inked pixel
+    constant = np.full(n, 5.0)
+    X = np.stack([big, small, sparse, constant], 1).astype(np.float32)
+    mean, scale = feature_stats(X)
+    std = X.std(0)
+    # Features in other units never change each other's scale: the small one keeps its std.
+    np.testing.assert_allclose(scale[:2], std[:2], rtol=1e-6)
+    # The sparse integer feature is not scaled below its value spacing (1), so one step of
+    # noise there is at most one unit after normalization.
+    assert std[2] < 0.5 and scale[2] == pytest.approx(1.0)
+    assert scale[3] == pytest.approx(5.0)
+    # Scaling a feature scales only its own scale.
+    X2 = X.copy()
+    X2[:, 1] *= 1e-3
+    _, scale2 = feature_stats(X2)
+    np.testing.assert_allclose(scale2[[0, 2, 3]], scale[[0, 2, 3]], rtol=1e-6)
+    np.testing.assert_allclose(scale2[1], scale[1] * 1e-3, rtol=1e-4)
