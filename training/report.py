@@ -86,6 +86,25 @@ def markdown(report: dict[str, Any]) -> str:
                   f"Score {c['score']}, threshold {c['threshold']:.5g} at target false-positive rate "
                   f"{c['alpha']} from {c['n_calibration']} calibration inputs never trained on.", ""]
         lines += _table(["split", "flagged as OOD"], [[k, v] for k, v in c["flag_rate"].items()])
+    if "transfer" in report:
+        t = report["transfer"]
+        lines += ["## Transfer set", "", f"Source: {t['source']}; {t['rows']} inputs, "
+                  f"{t['training_rows']} of them training rows."]
+        if "dropped_held_out_rows" in t:
+            d = t["dropped_held_out_rows"]
+            lines.append(f"Of {t['rows_given']} rows given, {d['calibration']} calibration and "
+                         f"{d['test']} test rows were dropped: held-out inputs are never distilled on.")
+        if t.get("ignored_settings"):
+            lines.append("Settings that need the members themselves and were not applied: "
+                         + ", ".join(t["ignored_settings"]) + ".")
+        shares = t.get("ood_rows_inside_transfer_box", {})
+        if shares:
+            lines += ["", "Share of each OOD set inside the transfer inputs' per-feature [min, max] box "
+                      "(near 1: the set is near-transfer, and detecting it tests little beyond the "
+                      "transfer set itself):", ""]
+            lines += _table(["OOD set", "share inside"], [[k, v] for k, v in shares.items()])
+        else:
+            lines.append("")
     lines += ["## Covariate shift (test inputs corrupted with increasing intensity)", ""]
     first = next(iter(report["shift"].values()))
     cols = list(first[models[0]].keys())

@@ -69,3 +69,33 @@ def test_user_member_predictions_are_distilled(tiny_config: RunConfig, tmp_path:
 def test_cli_reports_config_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["run", "--set", "distill.temprature=2"]) == 2
     assert "unknown config key distill.'temprature'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_member_predictions_on_held_out_rows_are_dropped_and_reported(tiny_config: RunConfig,
+                                                                       tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from training.data import load_dataset
+    data = load_dataset(tiny_config.data)
+    # A user who scored every row of the data set with their members.
+    X = np.concatenate([data.train.X, data.calibration.X, data.test.X])
+    y = np.concatenate([data.train.y, data.calibration.y, data.test.y])
+    rng = np.random.default_rng(0)
+    logits = (5 * np.eye(10)[y][:, None, :] + rng.normal(0, 1, size=(len(X), 3, 10))).astype(np.float32)
+    path = tmp_path / "members.npz"
+    np.savez(path, X=X, logits=logits)
+    config = replace(tiny_config, ensemble=replace(tiny_config.ensemble, predictions=str(path)),
+                     distill=replace(tiny_config.distill, gt_weight=0.5))
+    version = run_pipeline(config, tmp_path / "models")
+    transfer = json.loads((version / "report.json").read_text())["transfer"]
+    # Digits holds a few duplicate images, so a handful of training rows equal held-out ones.
+    held_out = {"calibration": len(data.calibration), "test": len(data.test)}
+    for split, n in held_out.items():
+        assert n <= transfer["dropped_held_out_rows"][split] <= n + 5, split
+    assert transfer["rows"] == len(X) - sum(transfer["dropped_held_out_rows"].values())
+    assert transfer["rows"] >= len(data.train) - 10 and transfer["training_rows"] == transfer["rows"]
+    # tiny.toml asks for noisy copies, which need the members themselves.
+    assert transfer["ignored_settings"] == ["distill.transfer.copies", "distill.transfer.noise_std"]
+    text = (version / "report.md").read_text()
+    assert f"{transfer['dropped_held_out_rows']['test']} test rows were dropped" in text
