@@ -123,7 +123,7 @@ def check_complete(model: LoadedModel) -> None:
         missing.append("the drift references (hydra.drift)")
     if missing:
         raise ContractError(
-            f"the file has no {' and no '.join(missing)}: an incomplete copy or an export without "
+            f"the file lacks {' and '.join(missing)}: an incomplete copy or an export without "
             "calibration; the service serves no model without OOD flags and drift monitoring"
         )
 
