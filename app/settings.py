@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, le=1024**3)
     max_instances: int = Field(256, ge=1, le=100_000)  # per request
 
+    # Bounded work per request. max_response_values: the largest answer, counted as
+    # instances x values of the outputs requested (beyond: 400 before any inference).
+    # parse_in_thread_bytes: bodies larger than this are parsed and converted in the parser
+    # thread, never on the event loop (small ones inline: a thread hop costs more than them).
+    max_response_values: int = Field(1_000_000, ge=1, le=1_000_000_000)
+    parse_in_thread_bytes: int = Field(64 * 1024, ge=0, le=1024**3)
+
     api_key: SecretStr | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
