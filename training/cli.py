@@ -58,11 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     from training.pipeline import run_pipeline  # torch loads only after the config is sound
 
     stage = {"run": "export"}.get(args.command, args.command)
+    from training.export import ExportError
+
     try:
         result = run_pipeline(config, args.repository, stop_after=stage)
-    except (DataError, ConfigError) as exc:
+    except (DataError, ConfigError) as exc:  # the user's data or settings: fix and rerun
         print(f"hydra-train: {exc}", file=sys.stderr)
         return 2
+    except (FloatingPointError, ExportError) as exc:  # training diverged, or export refused itself
+        print(f"hydra-train: {exc}; nothing was published", file=sys.stderr)
+        return 1
     if result is not None and rank == 0:
         print(result)
     return 0

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
+
+
+# A published model's name: a folder of the model repository and a URL path segment.
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class ConfigError(ValueError):
@@ -218,6 +223,9 @@ def validate(config: RunConfig) -> None:
         if value <= 0:
             raise ConfigError(f"{key} must be > 0, got {value}")
 
+    if not MODEL_NAME.match(config.name):
+        raise ConfigError(f"model name (the config's name) must match {MODEL_NAME.pattern}, got "
+                          f"{config.name!r}")
     positive(config.ensemble.members, "ensemble.members")
     positive(config.distill.temperature, "distill.temperature")
     for name in ("ensemble.optim", "distill.phase1", "distill.phase2"):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training.config import ModelConfig
+from training.config import ConfigError, ModelConfig
 
 # Regression variances never go below this (in target units squared, times the target scale).
 MIN_VARIANCE = 1e-6
@@ -60,11 +60,14 @@ class CNNBody(nn.Module):
     """Two 3x3 conv layers per stage, 2x2 max-pool between stages, then a linear layer."""
 
     def __init__(self, image_shape: tuple[int, ...], channels: tuple[int, ...],
-                 hidden: tuple[int, ...], dropout: float) -> None:
+                 hidden: tuple[int, ...], dropout: float, in_features: int) -> None:
         super().__init__()
         if len(image_shape) != 3:
-            raise ValueError(f"model.image_shape must be (C, H, W) for the cnn body, got {image_shape}")
+            raise ConfigError(f"model.image_shape must be (C, H, W) for the cnn body, got {list(image_shape)}")
         self.image_shape = tuple(image_shape)
+        if math.prod(self.image_shape) != in_features:
+            raise ConfigError(f"model.image_shape {list(image_shape)} holds {math.prod(image_shape)} "
+                              f"values, the data has {in_features} features per row")
         c, h, w = image_shape
         layers: list[nn.Module] = []
         for i, out in enumerate(channels):
@@ -87,8 +90,8 @@ class CNNBody(nn.Module):
 BODIES: dict[str, Callable[[ModelConfig, NetSpec], nn.Module]] = {
     "mlp": lambda cfg, spec: MLPBody(math.prod(spec.feature_shape), cfg.hidden, cfg.dropout),
     "cnn": lambda cfg, spec: CNNBody(
-        cfg.image_shape or spec.feature_shape, cfg.channels, cfg.hidden, cfg.dropout
-    ),
+        cfg.image_shape or spec.feature_shape, cfg.channels, cfg.hidden, cfg.dropout,
+        math.prod(spec.feature_shape)),
 }
 
 
@@ -138,9 +141,9 @@ class HydraNet(nn.Module):
     def __init__(self, cfg: ModelConfig, spec: NetSpec, num_heads: int) -> None:
         super().__init__()
         if cfg.body not in BODIES:
-            raise ValueError(f"unknown body {cfg.body!r}; registered: {sorted(BODIES)}")
+            raise ConfigError(f"unknown model.body {cfg.body!r}; registered: {sorted(BODIES)}")
         if cfg.head not in ("linear", "mlp"):
-            raise ValueError(f"unknown head {cfg.head!r}; registered: ['linear', 'mlp']")
+            raise ConfigError(f"unknown model.head {cfg.head!r}; registered: ['linear', 'mlp']")
         self.spec = spec
         self.body = BODIES[cfg.body](cfg, spec)
         self.heads = HeadBank(num_heads, self.body.out_features, spec.head_out,

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from training.config import MODEL_NAME, ConfigError
+
 log = logging.getLogger(__name__)
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_PATTERN = MODEL_NAME
 
 
 def versions(model_dir: Path) -> list[int]:
@@ -29,7 +30,7 @@ def versions(model_dir: Path) -> list[int]:
 def publish(repository: Path, name: str, write: Callable[[Path], None]) -> Path:
     """Call ``write(staging_dir)`` then move the folder into the next free version."""
     if not NAME_PATTERN.match(name):
-        raise ValueError(f"model name must match {NAME_PATTERN.pattern}, got {name!r}")
+        raise ConfigError(f"model name (the config's name) must match {NAME_PATTERN.pattern}, got {name!r}")
     model_dir = repository / name
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = model_dir / f".staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, TensorDataset
 from tqdm import tqdm
 
-from training.config import OptimConfig
+from training.config import ConfigError, OptimConfig
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def setup_runtime(device: str = "auto") -> Runtime:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device = 'cuda' was asked for but torch sees no CUDA device")
+        raise ConfigError("device = 'cuda' was asked for but torch sees no CUDA device")
     if use_cuda:
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)

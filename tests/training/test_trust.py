@@ -191,3 +191,20 @@ def test_data_errors_exit_2_without_traceback(tmp_path: Path, capsys: pytest.Cap
     np.savez(labels, X=np.zeros((40, 2)), y=np.arange(40) % 3)
     assert cli_main(["run", "--set", 'data.source="npz"', "--set", f'data.path="{labels}"']) == 2
     assert 'set data.task = "classification" or "regression"' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (['model.body="resnet"'], r"unknown model.body 'resnet'; registered: \['cnn', 'mlp'\]"),
+    (['model.body="cnn"', "model.image_shape=[1, 4, 4]"], r"model.image_shape \[1, 4, 4\] holds 16 values, the data has 64"),
+    (['name="no/slash"'], r"model name \(the config's name\) must match"),
+])
+def test_setting_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], overrides: list[str],
+                               message: str) -> None:
+    import re
+    args = ["run", "--config", "configs/tiny.toml", "--repository", str(tmp_path / "models"),
+            "--set", f'runs_dir="{tmp_path / "runs"}"']
+    for o in overrides:
+        args += ["--set", o]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err
