@@ -7,20 +7,24 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request
 
-from app.deps import RepositoryDep, check_api_key, note_request, parse_body
+from app.deps import (
+    ApiKeyDep, RepositoryDep, check_api_key, check_structure, note_request, off_loop, parse_body,
+)
 from app.http import OrjsonResponse
 from app.openapi import InferenceRoute
 from app.repository import ServedModel
 from app.runtime import Outputs
 from app.schemas import V1Error, V1PredictRequest, V1PredictResponse
 from app.settings import Settings
-from app.tensors import instances_to_batch
+from app.contract import ModelMetadata
+from app.tensors import body_budget, check_response_size, instances_to_batch
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": V1Error} for code in (400, 401, 403, 404, 413, 503, 504)
 }
+_EXPECTED = '{"instances": [...]}'
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -41,8 +45,7 @@ def predictions(served: ServedModel, out: Outputs, return_heads: bool) -> list[d
     disagreement = out["head_disagreement"].tolist()
     is_ood = out["is_ood"].tolist()
     score = out[calibration.score].tolist() if calibration else out["model_uncertainty"].tolist()
-    p_value = out["ood_p_value"].tolist() if calibration else [None] * n
-    threshold = calibration.threshold if calibration else None
+    p_value = out["ood_p_value"].tolist() if calibration else None
     heads = [out[f"head_{m}"] for m in range(meta.num_heads)]
     # The task decides the leading fields, the optional per-head field and the disagreement rate;
     # everything after is the same for both tasks.
@@ -73,11 +76,25 @@ def predictions(served: ServedModel, out: Outputs, return_heads: bool) -> list[d
         pred["head_disagreement"] = disagreement[i]
         if rate is not None:
             pred["disagreement_rate"] = rate[i]
-        pred["ood"] = {"is_ood": is_ood[i], "score": score[i], "threshold": threshold, "p_value": p_value[i]}
+        if p_value is not None:
+            pred["ood"] = {"is_ood": is_ood[i], "score": score[i], "threshold": calibration.threshold,
+                           "p_value": p_value[i]}
+        else:  # no calibration: no threshold and no p-value (absent, never null)
+            pred["ood"] = {"is_ood": is_ood[i], "score": score[i]}
         if per_head is not None:
             pred[heads_key] = per_head[i]
         preds.append(pred)
     return preds
+
+
+def values_per_row(meta: ModelMetadata, return_heads: bool) -> int:
+    """Numbers (and labels) in one prediction: what the answer size bound counts."""
+    common = 3 + meta.num_heads + 4  # uncertainties, head_disagreement, ood (4 at most)
+    if meta.task == "classification":
+        classes = len(meta.class_labels)
+        return 2 + classes + common + 1 + (meta.num_heads * classes if return_heads else 0)
+    dim = meta.output_dim
+    return 2 * dim + common + (meta.num_heads * 2 * dim if return_heads else 0)
 
 
 async def predict(request: Request) -> OrjsonResponse:
@@ -86,9 +103,23 @@ async def predict(request: Request) -> OrjsonResponse:
     settings: Settings = request.app.state.settings
     check_api_key(request, settings)
     served = request.app.state.repository.get(name)
-    body = parse_body(await request.body(), V1PredictRequest, '{"instances": [...]}')
     model = served.model
-    batch = instances_to_batch(body.instances, model.meta.feature_shape, settings.max_instances)
+    raw = await request.body()
+    budget = body_budget(model.meta.feature_shape, settings.max_instances)
+
+    def parse() -> tuple[V1PredictRequest, np.ndarray]:
+        check_structure(raw, budget.max_values, budget.max_containers, budget.expected)
+        body = parse_body(raw, V1PredictRequest, _EXPECTED)
+        batch = instances_to_batch(
+            body.instances, model.meta.feature_shape, settings.max_instances,
+            check_booleans=b"true" in raw or b"false" in raw,
+        )
+        return body, batch
+
+    body, batch = await off_loop(request, len(raw), parse)
+    check_response_size(
+        len(batch), values_per_row(model.meta, body.parameters.return_heads), settings.max_response_values
+    )
     note_request(request, name, model.version, len(batch))
     out = await served.batcher.submit(batch, settings.request_timeout_s, request.scope["state"])
     return OrjsonResponse(
@@ -100,12 +131,12 @@ async def predict(request: Request) -> OrjsonResponse:
     )
 
 
-@router.get("/models", summary="Models served")
+@router.get("/models", summary="Models served", dependencies=[ApiKeyDep])
 async def list_models(repo: RepositoryDep) -> dict[str, list[str]]:
     return {"models": repo.names()}
 
 
-@router.get("/models/{name}", responses=ERRORS, summary="Model status")
+@router.get("/models/{name}", responses=ERRORS, summary="Model status", dependencies=[ApiKeyDep])
 async def model_status(name: str, repo: RepositoryDep) -> dict[str, Any]:
     served = repo.get(name)
     model = served.model

@@ -6,6 +6,7 @@ Triton client libraries use by default. Errors are ``{"error": "..."}``.
 
 from __future__ import annotations
 
+import math
 from importlib.metadata import PackageNotFoundError, version as package_version
 from typing import Any
 
@@ -15,14 +16,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from app.contract import expected_output_shapes
-from app.deps import RepositoryDep, check_api_key, note_request, parse_body, parse_version
+from app.deps import (
+    ApiKeyDep, RepositoryDep, ascii_int, check_api_key, check_structure, has_api_access, note_request,
+    off_loop, parse_body, parse_version,
+)
 from app.errors import InvalidInput
 from app.http import OrjsonResponse
 from app.openapi import InferenceRoute
 from app.repository import ModelRepository, ServedModel
 from app.schemas import V2Error, V2InferRequest, V2InferResponse, V2ModelMetadata
 from app.settings import Settings
-from app.tensors import tensor_to_batch
+from app.tensors import body_budget, check_response_size, tensor_to_batch
 
 router = APIRouter(prefix="/v2", tags=["v2"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -82,9 +86,13 @@ async def live() -> dict[str, bool]:
 
 @router.get("/health/ready", summary="Readiness: models loaded and warmed up",
             responses={503: {"description": "not ready"}})
-async def ready(repo: RepositoryDep) -> OrjsonResponse:
+async def ready(request: Request, repo: RepositoryDep) -> OrjsonResponse:
+    """Open to probes; the models served are listed only to a caller with the API key (when
+    one is set)."""
     is_ready = repo.ready
-    body = {"ready": is_ready, "models": {n: [str(v) for v in repo.versions(n)] for n in repo.names()}}
+    body: dict[str, Any] = {"ready": is_ready}
+    if has_api_access(request):
+        body["models"] = {n: [str(v) for v in repo.versions(n)] for n in repo.names()}
     return OrjsonResponse(body, status_code=200 if is_ready else 503)
 
 
@@ -92,13 +100,14 @@ def _served(repo: ModelRepository, name: str, version: str | None) -> ServedMode
     return repo.get(name, None if version is None else parse_version(version))
 
 
-@router.get("/models/{name}", response_model=V2ModelMetadata, responses=ERRORS, summary="Model metadata")
+@router.get("/models/{name}", response_model=V2ModelMetadata, responses=ERRORS, summary="Model metadata",
+            dependencies=[ApiKeyDep])
 async def model_metadata(name: str, repo: RepositoryDep) -> dict[str, Any]:
     return _metadata(_served(repo, name, None), repo.versions(name))
 
 
 @router.get("/models/{name}/versions/{version}", response_model=V2ModelMetadata, responses=ERRORS,
-            summary="Model version metadata")
+            summary="Model version metadata", dependencies=[ApiKeyDep])
 async def model_version_metadata(name: str, version: str, repo: RepositoryDep) -> dict[str, Any]:
     return _metadata(_served(repo, name, version), repo.versions(name))
 
@@ -108,12 +117,14 @@ def _ready_body(served: ServedModel) -> dict[str, Any]:
     return {"name": m.name, "version": str(m.version), "ready": True, "provider": m.provider}
 
 
-@router.get("/models/{name}/ready", responses=ERRORS, summary="Model readiness")
+@router.get("/models/{name}/ready", responses=ERRORS, summary="Model readiness",
+            dependencies=[ApiKeyDep])
 async def model_ready(name: str, repo: RepositoryDep) -> dict[str, Any]:
     return _ready_body(_served(repo, name, None))
 
 
-@router.get("/models/{name}/versions/{version}/ready", responses=ERRORS, summary="Model version readiness")
+@router.get("/models/{name}/versions/{version}/ready", responses=ERRORS,
+            summary="Model version readiness", dependencies=[ApiKeyDep])
 async def model_version_ready(name: str, version: str, repo: RepositoryDep) -> dict[str, Any]:
     return _ready_body(_served(repo, name, version))
 
@@ -121,21 +132,86 @@ async def model_version_ready(name: str, version: str, repo: RepositoryDep) -> d
 _EXPECTED = "an object with 'inputs': [{name, shape, datatype, data}]"
 
 
-def _parse_request(raw: bytes, header_length: str | None) -> tuple[V2InferRequest, bytes]:
-    binary = b""
-    if header_length is not None:
-        try:
-            n = int(header_length)
-        except ValueError as exc:
+def _split_binary(raw: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """The JSON header and the binary tensor data after it."""
+    if header_length is None:
+        return raw, b""
+    n = ascii_int(header_length)
+    if n is None:
+        raise InvalidInput(
+            f"Inference-Header-Content-Length: 1 to 18 ASCII digits expected, got {header_length[:20]!r}"
+        )
+    if n > len(raw):
+        raise InvalidInput(f"Inference-Header-Content-Length: 0..{len(raw)} expected, got {n}")
+    return raw[:n], raw[n:]
+
+
+def _flag(params: dict[str, Any] | None, key: str, default: bool, where: str = "") -> bool:
+    """A boolean parameter: JSON true or false only ("false", 0 or null are refused, not read
+    as truthy or falsy)."""
+    if not params or key not in params:
+        return default
+    value = params[key]
+    if type(value) is not bool:
+        raise InvalidInput(f"{where}parameters.{key}: true or false expected, got {repr(value)[:40]}")
+    return value
+
+
+def _wanted_outputs(
+    req: V2InferRequest, specs: dict[str, tuple[str, list[int]]]
+) -> list[tuple[str, bool]]:
+    """(name, as binary) per requested output: known names, each at most once."""
+    all_binary = _flag(req.parameters, "binary_data_output", False)
+    if not req.outputs:
+        return [(n, all_binary) for n in specs]
+    names = [o.name for o in req.outputs]
+    unknown = [n for n in names if n not in specs]
+    if unknown:
+        raise InvalidInput(f"unknown output {unknown[:10]}; expected names among {list(specs)}")
+    if len(set(names)) != len(names):
+        repeated = next(n for n in names if names.count(n) > 1)
+        raise InvalidInput(
+            f"output names must be unique: {repeated!r} is requested {names.count(repeated)} times"
+        )
+    return [
+        (o.name, _flag(o.parameters, "binary_data", all_binary, f"output {o.name!r}: "))
+        for o in req.outputs
+    ]
+
+
+def _parse_infer(
+    raw: bytes, header_length: str | None, served: ServedModel, settings: Settings
+) -> tuple[V2InferRequest, np.ndarray, list[tuple[str, bool]]]:
+    """Body -> (request, input batch, wanted outputs); every check that needs no inference."""
+    model = served.model
+    header, binary = _split_binary(raw, header_length)
+    budget = body_budget(model.meta.feature_shape, settings.max_instances)
+    check_structure(header, budget.max_values, budget.max_containers, budget.expected)
+    req = parse_body(header, V2InferRequest, _EXPECTED)
+    names = [t.name for t in req.inputs]
+    if names != ["input"]:
+        raise InvalidInput(f"one input named 'input' expected, got {names[:10]}")
+    tensor = req.inputs[0]
+    if tensor.datatype != "FP32":
+        raise InvalidInput(f"input 'input': datatype FP32 expected, got {tensor.datatype!r}")
+    chunk: bytes | None = None
+    size = (tensor.parameters or {}).get("binary_data_size")
+    if size is not None:
+        if type(size) is not int or size != len(binary):
             raise InvalidInput(
-                f"Inference-Header-Content-Length: an integer expected, got {header_length[:20]!r}"
-            ) from exc
-        if not 0 <= n <= len(raw):
-            raise InvalidInput(
-                f"Inference-Header-Content-Length: 0..{len(raw)} expected, got {n}"
+                f"input 'input': binary_data_size {len(binary)} expected (bytes after the JSON "
+                f"header), got {repr(size)[:40]}"
             )
-        raw, binary = raw[:n], raw[n:]
-    return parse_body(raw, V2InferRequest, _EXPECTED), binary
+        chunk = binary
+    batch = tensor_to_batch(
+        tensor.data, tensor.shape, model.meta.feature_shape, settings.max_instances, binary=chunk,
+        check_booleans=b"true" in header or b"false" in header,
+    )
+    specs = output_specs(served)
+    wanted = _wanted_outputs(req, specs)
+    per_row = sum(math.prod(specs[n][1][1:]) for n, _ in wanted)
+    check_response_size(len(batch), per_row, settings.max_response_values)
+    return req, batch, wanted
 
 
 async def _infer(name: str, version: str | None, request: Request) -> Response:
@@ -143,35 +219,11 @@ async def _infer(name: str, version: str | None, request: Request) -> Response:
     check_api_key(request, settings)
     served = _served(request.app.state.repository, name, version)
     model = served.model
-    req, binary = _parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
-    names = [t.name for t in req.inputs]
-    if names != ["input"]:
-        raise InvalidInput(f"one input named 'input' expected, got {names}")
-    tensor = req.inputs[0]
-    if tensor.datatype != "FP32":
-        raise InvalidInput(f"input 'input': datatype FP32 expected, got {tensor.datatype!r}")
-    chunk: bytes | None = None
-    size = (tensor.parameters or {}).get("binary_data_size")
-    if size is not None:
-        if not isinstance(size, int) or size != len(binary):
-            raise InvalidInput(
-                f"input 'input': binary_data_size {len(binary)} expected (bytes after the JSON "
-                f"header), got {size!r}"
-            )
-        chunk = binary
-    batch = tensor_to_batch(
-        tensor.data, tensor.shape, model.meta.feature_shape, settings.max_instances, binary=chunk
+    raw = await request.body()
+    header_length = request.headers.get(HEADER_LENGTH)
+    req, batch, wanted = await off_loop(
+        request, len(raw), lambda: _parse_infer(raw, header_length, served, settings)
     )
-    specs = output_specs(served)
-    params = req.parameters or {}
-    all_binary = bool(params.get("binary_data_output", False))
-    if req.outputs:
-        wanted = [(o.name, bool((o.parameters or {}).get("binary_data", all_binary))) for o in req.outputs]
-        unknown = [n for n, _ in wanted if n not in specs]
-        if unknown:
-            raise InvalidInput(f"unknown output {unknown}; expected names among {list(specs)}")
-    else:
-        wanted = [(n, all_binary) for n in specs]
     note_request(request, name, model.version, len(batch))
     out = await served.batcher.submit(batch, settings.request_timeout_s, request.scope["state"])
 

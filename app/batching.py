@@ -8,6 +8,13 @@ request, or at ``max_delay_s`` at the latest. So a lone request is not held back
 full delay, while under load everything that queued during the previous ORT call goes into
 the next one. A full queue refuses at once (``Overloaded``) instead of letting the wait
 grow without bound.
+
+Containment: a request whose deadline has passed is dropped when a batch is formed (never
+run, never observed); a request that gives up during its call is not observed either. When
+the call for a batch fails, each of its requests is run alone, so only the one that makes
+ONNX Runtime fail gets the error. A request any of whose output rows holds NaN or infinity
+gets ``NonFiniteOutput`` (422) instead of an answer. The observer sees only the rows that were
+answered: finite, of requests still waiting for them.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from app.errors import InferenceFailed, InferenceTimeout, ModelNotReady, Overloaded
+from app.errors import InferenceFailed, InferenceTimeout, ModelNotReady, NonFiniteOutput, Overloaded
 from app.runtime import Outputs
 
 logger = logging.getLogger(__name__)
@@ -37,13 +44,19 @@ class BatchObserver:
 
     def queue_depth(self, depth: int) -> None: ...
 
-    def batch_done(self, size: int, duration_s: float, waits_s: list[float], outputs: Outputs) -> None: ...
+    def batch_done(self, size: int, duration_s: float, waits_s: list[float], outputs: Outputs) -> None:
+        """After each successful ONNX Runtime call. ``size``: the instances in the call;
+        ``waits_s``: queue wait of each request answered; ``outputs``: only the rows answered
+        (every float finite; requests that timed out or were refused are left out), possibly
+        none."""
 
 
 @dataclass(eq=False)
 class _Pending:
     batch: npt.NDArray[np.float32]  # [n, *feature_shape]
     future: asyncio.Future[Outputs]
+    deadline: float  # perf_counter() time after which it is not run
+    timeout_s: float
     note: dict[str, Any] | None = None
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -57,6 +70,28 @@ def _expire(future: asyncio.Future[Outputs], label: str, timeout_s: float) -> No
         future.set_exception(InferenceTimeout(
             f"inference on {label} did not finish within request_timeout_s={timeout_s:g}s"
         ))
+
+
+def _finite_rows(outputs: Outputs, n: int) -> npt.NDArray[np.bool_] | None:
+    """Per row: every float output value finite. None when all rows are (the common case,
+    one reduction per output)."""
+    ok: npt.NDArray[np.bool_] | None = None
+    for value in outputs.values():
+        if value.dtype.kind != "f" or np.isfinite(value).all():
+            continue
+        rows = np.isfinite(value.reshape(n, -1)).all(axis=1)
+        ok = rows if ok is None else ok & rows
+    return ok
+
+
+def _non_finite(outputs: Outputs, rows: slice, bad: npt.NDArray[np.intp]) -> NonFiniteOutput:
+    names = [k for k, v in outputs.items() if v.dtype.kind == "f" and not np.isfinite(v[rows]).all()]
+    more = f" (and {bad.size - 1} more)" if bad.size > 1 else ""
+    return NonFiniteOutput(
+        f"instance {int(bad[0])}{more}: the model's outputs are not finite (NaN or infinity in "
+        f"{', '.join(names)}): the input is too far outside the range the model computes on, so "
+        "no prediction and no OOD score can be given for it"
+    )
 
 
 class Batcher:
@@ -106,7 +141,8 @@ class Batcher:
                 "retry after the Retry-After delay"
             )
         loop = asyncio.get_running_loop()
-        item = _Pending(batch, loop.create_future(), note)
+        now = time.perf_counter()
+        item = _Pending(batch, loop.create_future(), now + timeout_s, timeout_s, note, now)
         self._pending.append(item)
         self._pending_rows += item.size
         self._arrivals += 1
@@ -140,9 +176,13 @@ class Batcher:
                 break  # a quiet iteration: nobody else is about to join this batch
         batch: list[_Pending] = []
         size = 0
+        now = time.perf_counter()
         while self._pending:
             item = self._pending[0]
-            if item.future.done():  # timed out or cancelled while waiting
+            if item.future.done() or now >= item.deadline:
+                # Timed out or cancelled while waiting (checked here too, not only by the
+                # timer: a busy loop can run this before an overdue timer fires).
+                _expire(item.future, self._label, item.timeout_s)
                 self._pending.popleft()
                 self._pending_rows -= item.size
                 continue
@@ -155,37 +195,77 @@ class Batcher:
         return batch
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = await self._gather()
             if not batch:
                 if self._closing and not self._pending:
                     return
                 continue
-            started = time.perf_counter()
-            waits = [started - p.enqueued for p in batch]
-            inputs = batch[0].batch if len(batch) == 1 else np.concatenate([p.batch for p in batch])
-            try:
-                outputs = await loop.run_in_executor(self._executor, self._infer, inputs)
-            except Exception as exc:  # a failing ORT call must fail these requests, not the worker
-                logger.exception("inference failed for %s (batch of %d)", self._label, len(inputs))
+            await self._execute(batch)
+
+    async def _execute(self, batch: list[_Pending]) -> None:
+        """One ONNX Runtime call for ``batch``; if it fails, one call per request."""
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        inputs = batch[0].batch if len(batch) == 1 else np.concatenate([p.batch for p in batch])
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._infer, inputs)
+        except Exception as exc:  # a failing ORT call must fail only its request, never the worker
+            if len(batch) > 1:
+                logger.warning(
+                    "inference failed for %s on a batch of %d requests (%s: %s); running each alone",
+                    self._label, len(batch), type(exc).__name__, str(exc)[:300],
+                )
                 for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(InferenceFailed(f"inference failed: {type(exc).__name__}"))
+                    now = time.perf_counter()
+                    if not p.future.done() and now < p.deadline:
+                        await self._execute([p])
+                    else:
+                        _expire(p.future, self._label, p.timeout_s)
+                return
+            logger.error(
+                "inference failed for %s (request of %d instances): %s: %s",
+                self._label, len(inputs), type(exc).__name__, str(exc)[:1000],
+            )
+            p = batch[0]
+            if not p.future.done():
+                p.future.set_exception(InferenceFailed(
+                    f"inference failed for this request's input ({type(exc).__name__}); the other "
+                    "requests of its batch were answered, and the service logged the details"
+                ))
+            return
+        self._deliver(batch, outputs, len(inputs), time.perf_counter() - started, started)
+
+    def _deliver(
+        self, batch: list[_Pending], outputs: Outputs, size: int, duration: float, started: float
+    ) -> None:
+        """Each request its rows (or its refusal); the observer the rows answered."""
+        finite = _finite_rows(outputs, size)
+        answered: list[slice] = []
+        waits: list[float] = []
+        start = 0
+        for p in batch:
+            rows = slice(start, start + p.size)
+            start += p.size
+            if p.future.done():  # timed out or went away during the call: not answered
                 continue
-            duration = time.perf_counter() - started
-            start = 0
-            for p in batch:
-                rows = slice(start, start + p.size)
-                start += p.size
-                if not p.future.done():
-                    if p.note is not None:
-                        p.note["batch_size"] = len(inputs)
-                    p.future.set_result({k: v[rows] for k, v in outputs.items()})
-            try:
-                self._observer.batch_done(len(inputs), duration, waits, outputs)
-            except Exception:  # metrics must never break serving
-                logger.exception("batch observer failed for %s", self._label)
+            if finite is not None and not finite[rows].all():
+                p.future.set_exception(_non_finite(outputs, rows, np.flatnonzero(~finite[rows])))
+                continue
+            if p.note is not None:
+                p.note["batch_size"] = size
+            p.future.set_result({k: v[rows] for k, v in outputs.items()})
+            answered.append(rows)
+            waits.append(started - p.enqueued)
+        if len(answered) == len(batch):
+            observed = outputs
+        else:
+            keep = np.concatenate([np.arange(r.start, r.stop) for r in answered]) if answered else np.arange(0)
+            observed = {k: v[keep] for k, v in outputs.items()}
+        try:
+            self._observer.batch_done(size, duration, waits, observed)
+        except Exception:  # metrics must never break serving
+            logger.exception("batch observer failed for %s", self._label)
 
     async def close(self) -> None:
         """Finish what is queued, then stop the worker and its thread."""

@@ -33,6 +33,23 @@ class BatchTooLarge(BadRequest):
     code = "batch_too_large"
 
 
+class ResponseTooLarge(BadRequest):
+    """The answer would exceed ``max_response_values``: refused before any inference."""
+
+    code = "response_too_large"
+
+
+class NonFiniteOutput(ServiceError):
+    """The model's outputs for an instance are NaN or infinite: no prediction can be given.
+
+    The input passed validation (finite float32) but lies so far outside what the model can
+    compute on that its arithmetic overflowed; answering would mean a null probability and
+    an OOD flag that reads "in distribution"."""
+
+    code = "non_finite_output"
+    status = 422
+
+
 class BodyTooLarge(ServiceError):
     code = "body_too_large"
     status = 413
@@ -59,6 +76,14 @@ class ModelNotFound(ServiceError):
 class NotFound(ServiceError):
     code = "not_found"
     status = 404
+
+
+class MethodNotAllowed(ServiceError):
+    code = "method_not_allowed"
+    status = 405
+
+    def __init__(self, message: str, allow: str) -> None:
+        super().__init__(message, headers={"Allow": allow})
 
 
 class ModelNotReady(ServiceError):

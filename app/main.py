@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -50,10 +51,13 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.log_summary()
+        # One thread parses large bodies (app.deps.off_loop); the event loop never does.
+        app.state.parser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parse")
         await repository.start()
         try:
             yield
         finally:
+            app.state.parser.shutdown(wait=False, cancel_futures=True)
             # uvicorn has stopped taking requests and finished those in flight; now the
             # batching queues drain and the watcher stops.
             await repository.close()
@@ -102,6 +106,9 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         message = str(exc.detail)
         if exc.status_code == 404:
             message = f"no route {request.method} {request.url.path[:100]}; see /docs for the endpoints"
+        elif exc.status_code == 405:
+            allowed = (getattr(exc, "headers", None) or {}).get("Allow", "")
+            message = f"method {request.method} not allowed on {request.url.path[:100]}; allowed: {allowed}"
         return OrjsonResponse(
             error_body(request.url.path, code, message),
             status_code=exc.status_code,

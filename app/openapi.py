@@ -22,17 +22,23 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import Scope
 
-ERROR_STATUSES = (400, 401, 403, 404, 413, 503, 504)
+ERROR_STATUSES = (400, 401, 403, 404, 405, 413, 422, 500, 503, 504)
 
 
 class TemplatedRoute(Route):
     """A Starlette route that leaves itself in ``scope["route"]`` as FastAPI's routes do, so
-    the request metrics are labelled with the path template, never a raw path."""
+    the request metrics are labelled with the path template, never a raw path.
+
+    A path match with another method is claimed too (answered 405 with ``Allow``): otherwise
+    a later, more general route would take it, e.g. ``GET /v1/models/{name}`` would read
+    ``GET /v1/models/digits:predict`` as a model named "digits:predict"."""
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         match, child_scope = super().matches(scope)
         if match is not Match.NONE:
             child_scope["route"] = self
+        if match is Match.PARTIAL:
+            match = Match.FULL
         return match, child_scope
 
 

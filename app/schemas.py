@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 
 class V1Parameters(BaseModel):
     model_config = ConfigDict(extra="allow")
-    return_heads: bool = Field(False, description="add each head's probabilities (mean/variance)")
+    # Strict: "false" (a string) or 0 is not a boolean, and must not be read as one.
+    return_heads: StrictBool = Field(False, description="add each head's probabilities (mean/variance)")
 
 
 class V1PredictRequest(BaseModel):
@@ -26,8 +27,8 @@ class V1PredictRequest(BaseModel):
 class OodInfo(BaseModel):
     is_ood: bool
     score: float
-    threshold: float | None
-    p_value: float | None
+    threshold: float | None = Field(None, description="absent for a model without OOD calibration")
+    p_value: float | None = Field(None, description="absent for a model without OOD calibration")
 
 
 class V1Prediction(BaseModel):
@@ -55,7 +56,7 @@ class V1PredictResponse(BaseModel):
 class V2Tensor(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str
-    shape: list[int]
+    shape: list[StrictInt]  # JSON integers only: not true, "1" or 1.0
     datatype: str
     parameters: dict[str, Any] | None = None
     data: Any = None

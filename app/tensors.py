@@ -7,13 +7,16 @@ give their ``shape`` explicitly and ``data`` flat or nested, row-major.
 
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from app.errors import BatchTooLarge, InvalidInput
+from app.errors import BatchTooLarge, InvalidInput, ResponseTooLarge
 
 FloatBatch = npt.NDArray[np.float32]
 
@@ -46,25 +49,77 @@ def check_finite(batch: FloatBatch, what: str) -> FloatBatch:
     return batch
 
 
-def numeric_array(values: Any, what: str) -> np.ndarray:
-    """A numeric numpy array from nested lists; refuses ragged or non-numeric content."""
+# Room in the structure budgets for everything besides the tensor: ids, parameters, the
+# list of requested outputs, and separators or brackets inside strings.
+STRUCTURE_SLACK = 4096
+
+
+@dataclass(frozen=True)
+class BodyBudget:
+    """The most JSON values and arrays/objects a valid request can hold for one model."""
+
+    max_values: int
+    max_containers: int
+    expected: str  # for the message: "for up to N instances of shape [...]"
+
+
+@functools.lru_cache(maxsize=256)  # per model and setting: computed once, not per request
+def body_budget(feature_shape: tuple[int, ...], max_instances: int) -> BodyBudget:
+    # Nested to the feature shape, an instance is 1 + d0 + d0*d1 + ... lists (flat: 1).
+    lists = sum(math.prod(feature_shape[:k]) for k in range(len(feature_shape)))
+    per_instance = math.prod(feature_shape) + lists
+    return BodyBudget(
+        max_values=max_instances * per_instance + STRUCTURE_SLACK,
+        max_containers=max_instances * lists + STRUCTURE_SLACK,
+        expected=f"for up to {max_instances} instances of shape {list(feature_shape)}",
+    )
+
+
+def check_response_size(rows: int, per_row: int, limit: int) -> None:
+    """The answer is bounded before any inference: instances x values of the outputs asked."""
+    total = rows * per_row
+    if total > limit:
+        raise ResponseTooLarge(
+            f"the answer would hold {total} values ({rows} instances x {per_row} values of the "
+            f"outputs requested); at most {limit} expected (HYDRA_MAX_RESPONSE_VALUES): request "
+            "fewer outputs or fewer instances"
+        )
+
+
+def _holds_booleans(values: Any, ndim: int) -> bool:
+    """Whether a regular nested list (numpy found ``ndim`` levels) holds a JSON true/false:
+    numpy turns them into 1 and 0 when numbers are beside them. Level by level in C
+    (chain, map), no Python loop per value."""
+    level = values
+    for _ in range(ndim - 1):
+        level = list(chain.from_iterable(level))
+    return bool in set(map(type, level))
+
+
+def numeric_array(values: Any, what: str, *, check_booleans: bool = True) -> np.ndarray:
+    """A numeric numpy array from nested lists; refuses ragged or non-numeric content, and
+    booleans: true and false are not numbers. ``check_booleans=False`` when the body is known
+    to hold no ``true``/``false`` token (saves the walk)."""
     try:
         arr = np.asarray(values)
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidInput(f"{what}: nested lists of one regular shape expected ({exc})") from exc
     if arr.dtype.kind not in "iuf":
         raise InvalidInput(f"{what}: numbers expected, got {_kind(arr)}")
+    if check_booleans and arr.ndim and isinstance(values, list) and _holds_booleans(values, arr.ndim):
+        raise InvalidInput(f"{what}: numbers expected, got booleans (true/false) among them")
     return arr
 
 
 def instances_to_batch(
-    instances: list[Any], feature_shape: tuple[int, ...], max_instances: int
+    instances: list[Any], feature_shape: tuple[int, ...], max_instances: int,
+    *, check_booleans: bool = True,
 ) -> FloatBatch:
     """V1 ``instances`` -> float32 [B, *feature_shape]."""
     if not isinstance(instances, list):
         raise InvalidInput(f"'instances' must be a list, got {type(instances).__name__}")
     check_batch_size(len(instances), max_instances, "'instances'")
-    arr = numeric_array(instances, "'instances'")
+    arr = numeric_array(instances, "'instances'", check_booleans=check_booleans)
     flat = math.prod(feature_shape)
     per = tuple(arr.shape[1:])
     if per == feature_shape:
@@ -88,6 +143,7 @@ def tensor_to_batch(
     max_instances: int,
     *,
     binary: bytes | None = None,
+    check_booleans: bool = True,
 ) -> FloatBatch:
     """V2 input tensor (JSON ``data`` or binary bytes) -> float32 [B, *feature_shape]."""
     expected = ["B", *feature_shape]
@@ -105,7 +161,7 @@ def tensor_to_batch(
     else:
         if data is None:
             raise InvalidInput("input 'input': 'data' expected (or binary data), got none")
-        arr = numeric_array(data, "input 'input' data")
+        arr = numeric_array(data, "input 'input' data", check_booleans=check_booleans)
         if arr.size != count:
             raise InvalidInput(
                 f"input 'input': {count} values expected for shape {shape}, got {arr.size}"

@@ -35,7 +35,7 @@ CASES = [
      "numbers expected, got strings"),
     ("v1-nan", "post", V1, {"content": json.dumps({"instances": [[float("nan")] * 64]}),
      "headers": {"content-type": "application/json"}}, 400, "invalid_input",
-     "finite float32 numbers expected, but instance 0 holds NaN"),
+     "finite float32 numbers expected, got NaN, Infinity or a number beyond the float range at character"),
     ("v1-inf", "post", V1, {"content": '{"instances": [' + "[1e39" + ", 0" * 63 + "]]}",
      "headers": {"content-type": "application/json"}}, 400, "invalid_input",
      "beyond the float32 range"),
@@ -48,6 +48,10 @@ CASES = [
     ("v1-malformed", "post", V1, {"content": b'{"instances": [[1, 2,', "headers": {"content-type": "application/json"}},
      400, "invalid_json", "valid JSON expected, got invalid JSON"),
     ("v1-deep-nesting", "post", V1, {"content": b'{"instances": ' + b"[" * 100_000,
+     "headers": {"content-type": "application/json"}}, 400, "invalid_input",
+     "request body: at most 4616 JSON values and 4104 arrays or objects expected for up to 8 "
+     "instances of shape [64], got 1 values and 100001 arrays or objects"),
+    ("v1-deep-nesting-in-budget", "post", V1, {"content": b'{"instances": ' + b"[" * 4000,
      "headers": {"content-type": "application/json"}}, 400, "invalid_json", "valid JSON expected"),
     ("v1-bad-utf8", "post", V1, {"content": b'{"instances": "\xff\xfe"}', "headers": {"content-type": "application/json"}},
      400, "invalid_json", "valid JSON expected"),
@@ -84,7 +88,7 @@ CASES = [
     ("v2-unknown-version", "post", "/v2/models/digits/versions/7/infer", {"json": v2_body([1, 64], [0.0] * 64)},
      404, None, "version 7 of model 'digits' not found; versions served: 1"),
     ("v2-bad-version", "get", "/v2/models/digits/versions/latest", {}, 400, None,
-     "model version must be a non-negative integer, got 'latest'"),
+     "model version must be a non-negative integer of 1 to 18 ASCII digits, got 'latest'"),
     ("v2-unknown-route", "get", "/v2/nothing/here", {}, 404, None, "no route GET /v2/nothing/here"),
     ("v2-binary-size", "post", V2, {"content": BINARY_HEADER + b"\0" * 100,
                                     "headers": {"Inference-Header-Content-Length": str(len(BINARY_HEADER))}},
@@ -144,8 +148,8 @@ def test_api_key(repo: Path) -> None:
         wrong_v2 = client.post(V2, json=v2_body([1, 64], [0.0] * 64), headers={"X-API-Key": "nope"})
         bearer = client.post(V1, json=GOOD, headers={"Authorization": f"Bearer {key}"})
         header = client.post(V2, json=v2_body([1, 64], [0.0] * 64), headers={"X-API-Key": key})
-        # Health, metadata and metrics stay open.
-        open_paths = [client.get(p).status_code for p in ("/v2/health/ready", "/v2/models/digits", "/metrics")]
+        # Health and metrics stay open (metadata needs the key: test_app_request_routes.py).
+        open_paths = [client.get(p).status_code for p in ("/v2/health/live", "/v2/health/ready", "/metrics")]
     assert missing.status_code == 401
     assert missing.headers["www-authenticate"] == "Bearer"
     assert "API key expected in an 'Authorization: Bearer <key>' or 'X-API-Key' header" in missing.json()["error"]
