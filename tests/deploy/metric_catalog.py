@@ -28,6 +28,20 @@ DESIGN_METRICS: dict[str, str] = {
     "hydra_model_load_failures": "counter",
     # Each loaded version's calibrated OOD alpha; model:hydra_ood_expected:ratio reads it.
     "hydra_ood_target_rate": "gauge",
+    # The drift test's p-value beside the PSI; HydraModelUncertaintyDrift reads both.
+    "hydra_uncertainty_drift_p_value": "gauge",
+    # Versions loaded and warmed up; HydraNoModelReady reads it.
+    "hydra_models_ready": "gauge",
+    # Regression models' uncertainties, in squared target units (classifiers': nats, above).
+    "hydra_total_variance": "histogram",
+    "hydra_data_variance": "histogram",
+    "hydra_model_variance": "histogram",
+}
+
+# Families a process exports only once it has a sample (multiprocess mode writes a series
+# when it is first set): regression histograms where only classifiers are loaded.
+ONLY_WHEN_USED = {
+    f"hydra_{c}_variance{s}" for c in ("total", "data", "model") for s in ("_bucket", "_sum", "_count")
 }
 
 # Series Prometheus adds itself for every target.

@@ -137,3 +137,27 @@ def test_compose_services_use_pinned_images(repo: Path, compose_bin: Path) -> No
     for name in ("prometheus", "grafana"):
         image = services[name]["image"]
         assert ":" in image and not image.endswith(":latest"), image
+
+
+def image_major(image: str) -> int:
+    """prom/prometheus:v2.53.3 -> 2."""
+    tag = image.rsplit(":", 1)[1]
+    return int(tag.lstrip("v").split(".")[0])
+
+
+def promtool_major(promtool: Path) -> int:
+    out = subprocess.run([str(promtool), "--version"], capture_output=True, text=True, check=True)
+    # "promtool, version 2.42.0+ds (branch: ...)"
+    return int((out.stdout + out.stderr).split("version", 1)[1].split()[0].split(".")[0])
+
+
+def test_compose_runs_the_prometheus_major_the_rules_are_tested_with(
+    repo: Path, compose_bin: Path, promtool: Path
+) -> None:
+    image = rendered(compose_bin, repo, "docker-compose.yml")["services"]["prometheus"]["image"]
+    assert image.startswith("prom/prometheus:v")
+    assert image_major(image) == promtool_major(promtool), (image, promtool)
+
+
+def test_a_prometheus_major_mismatch_is_caught(promtool: Path) -> None:
+    assert image_major("prom/prometheus:v3.5.0") != promtool_major(promtool)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from metric_catalog import SCRAPE_SERIES, design_series, live_series
+from metric_catalog import ONLY_WHEN_USED, SCRAPE_SERIES, design_series, live_series
 from model_repo import MODEL_NAME, build_repository
 from monitoring_files import as_promql, dashboard_queries, load_dashboard, load_rules
 from promql_names import metric_names
@@ -158,11 +158,15 @@ def test_multi_worker_service_exports_the_same_names(repo: Path, tmp_path: Path)
                     f"{url}/v1/models/{MODEL_NAME}:predict", json={"instances": batch}
                 )
                 assert response.status_code == 200, response.text
-            text = client.get(f"{url}/metrics").text
+            # Each worker publishes its live gauges once a second: wait for the pooled drift.
+            deadline = time.monotonic() + 15
+            while "hydra_uncertainty_drift_p_value{" not in (text := client.get(f"{url}/metrics").text):
+                assert time.monotonic() < deadline, "no drift p-value from the workers in 15 s"
+                time.sleep(0.2)
     live = live_series(text)
     # Multiprocess mode exports a labelled family only once it has a sample: no version was
     # refused here, so the load-failure counter is legitimately absent.
-    absent_until_used = {"hydra_model_load_failures_total"}
+    absent_until_used = {"hydra_model_load_failures_total"} | ONLY_WHEN_USED
     created = {n for n in design_series() if n.endswith("_created")}
     assert design_series() - live - created - absent_until_used == set()
     known = live | recorded(repo) | SCRAPE_SERIES
@@ -170,6 +174,10 @@ def test_multi_worker_service_exports_the_same_names(repo: Path, tmp_path: Path)
         assert metric_names(as_promql(expr)) <= known, where
     info = _samples(text, "hydra_model_info")
     assert len(info) == 1 and "pid" not in info[0], info
+    for name in ("hydra_queue_depth", "hydra_uncertainty_drift_psi", "hydra_models_ready"):
+        series = _samples(text, name)
+        assert series and all("pid" not in s for s in series), (name, series)
+    assert {s["version"] for s in _samples(text, "hydra_uncertainty_drift_psi")} == {"1"}
     from prometheus_client.parser import text_string_to_metric_families
 
     counted = [

@@ -93,8 +93,8 @@ def test_rule_unit_tests_catch_a_planted_mistake(
     docker = copy_monitoring(repo, tmp_path)
     replace_in(
         docker / "rules" / "hydra-alerts.rules.yml",
-        '(hydra_uncertainty_drift_psi{component="model"}) > 0.2',
-        '(hydra_uncertainty_drift_psi{component="model"}) > 0.5',
+        'hydra_uncertainty_drift_psi{component="model"} > 0.2',
+        'hydra_uncertainty_drift_psi{component="model"} > 0.5',
     )
     result = promtool_run(promtool, "test", "rules", "rules/tests/hydra.test.yml", cwd=docker)
     assert result.returncode != 0
@@ -117,6 +117,7 @@ def test_every_alert_is_tested_firing_and_silent(repo: Path) -> None:
         "HydraModelOnCpu",
         "HydraPredictionLatencyHigh",
         "HydraErrorRatioHigh",
+        "HydraNoModelReady",
         "HydraTargetDown",
     }
     assert expected <= alerts
