@@ -36,6 +36,9 @@ class DataConfig:
     calibration_fraction: float = 0.2
     test_fraction: float = 0.2
     seed: int = 0
+    # test: the final report. validation: a split of the training rows (test rows unused),
+    # for choosing settings without looking at the test and OOD sets.
+    evaluate_on: str = "test"
 
 
 @dataclass(frozen=True)
@@ -242,6 +245,8 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(
             "data.calibration_fraction and data.test_fraction must be in (0, 1) and sum below 1"
         )
+    if config.data.evaluate_on not in ("test", "validation"):
+        raise ConfigError(f"data.evaluate_on must be test or validation, got {config.data.evaluate_on!r}")
     if config.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda, got {config.device!r}")
     if config.distill.gt_weight < 0:

@@ -203,6 +203,24 @@ def split_indices(n: int, cal: float, test: float, seed: int) -> tuple[np.ndarra
     return order[n_test + n_cal :], order[n_test : n_test + n_cal], order[:n_test]
 
 
+# Seeds of the random OOD draws on the validation split differ from the test split's.
+_VALIDATION_SEED_OFFSET = 1000
+
+
+def evaluation_split(config: DataConfig, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(train, calibration, evaluated rows, seed for random OOD/shift draws).
+
+    With ``data.evaluate_on = "validation"`` the evaluated rows are a validation split taken
+    from the training rows (as many as the test split), the test rows are left out of the run
+    altogether, and the random OOD sets are drawn with other seeds: choosing settings on that
+    report never looks at the test or OOD sets of the final one.
+    """
+    tr, ca, te = split_indices(n, config.calibration_fraction, config.test_fraction, config.seed)
+    if config.evaluate_on == "test":
+        return tr, ca, te, config.seed
+    return tr[len(te):], ca, tr[: len(te)], config.seed + _VALIDATION_SEED_OFFSET
+
+
 def _photo_patches(n: int, seed: int) -> Array:
     """8x8 grey patches of scikit-learn's two sample photographs, scaled to digits' 0-16."""
     from sklearn.datasets import load_sample_images
@@ -241,18 +259,18 @@ def _digits(config: DataConfig) -> Dataset:
 
     raw = load_digits()
     X, y = check_arrays(raw.data, raw.target, "classification", "digits")
-    tr, ca, te = split_indices(len(X), config.calibration_fraction, config.test_fraction, config.seed)
+    tr, ca, te, seed = evaluation_split(config, len(X))
     test = Split(X[te], y[te])
-    rng = np.random.default_rng(config.seed + 1)
+    rng = np.random.default_rng(seed + 1)
     n_ood = len(te)
     ood = {
-        "photo_patches": _photo_patches(n_ood, config.seed),
+        "photo_patches": _photo_patches(n_ood, seed),
         # The test digits with ink and paper swapped: same strokes, unseen statistics.
         "inverted_digits": (16.0 - X[te]).astype(np.float32),
         "uniform_noise": rng.uniform(0.0, 16.0, size=(n_ood, 64)).astype(np.float32),
     }
     shift = {
-        float(s): Split(corrupt_digits(X[te], s, config.seed + 2), y[te])
+        float(s): Split(corrupt_digits(X[te], s, seed + 2), y[te])
         for s in (0.0, 1.0, 2.0, 3.0, 4.0, 6.0)
     }
     return Dataset(
@@ -277,15 +295,15 @@ def _regression_shift(X: Array, intensity: float, seed: int) -> Array:
 
 def _tabular(name: str, X: Array, y: np.ndarray, task: str, config: DataConfig,
              labels: tuple[str, ...], ood: dict[str, Array]) -> Dataset:
-    tr, ca, te = split_indices(len(X), config.calibration_fraction, config.test_fraction, config.seed)
+    tr, ca, te, seed = evaluation_split(config, len(X))
     if not ood:
         # Far outside the training range in every feature: an extrapolation set.
         spread = X[tr].std(axis=0, keepdims=True) + 1e-6
-        rng = np.random.default_rng(config.seed + 1)
+        rng = np.random.default_rng(seed + 1)
         signs = rng.choice([-1.0, 1.0], size=(len(te), X.shape[1]))
         ood = {"extrapolation": (X[te] + 4.0 * spread * signs).astype(np.float32)}
     shift = {
-        float(s): Split(_regression_shift(X[te], s, config.seed + 2), y[te])
+        float(s): Split(_regression_shift(X[te], s, seed + 2), y[te])
         for s in (0.0, 0.5, 1.0, 2.0)
     }
     return Dataset(
@@ -305,7 +323,7 @@ def _read_csv(path: Path, target: str) -> tuple[np.ndarray, np.ndarray | None]:
     """Numeric feature columns and the target column (numbers when every value is one,
     strings otherwise). Errors name the row (1-based, header = row 1) and the column."""
     try:
-        with path.open(newline="") as fh:
+        with path.open(newline="", encoding="utf-8-sig") as fh:  # a BOM is not part of a name
             rows = list(csv.reader(fh))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path}: cannot be read as CSV: {exc}") from exc
@@ -316,6 +334,9 @@ def _read_csv(path: Path, target: str) -> tuple[np.ndarray, np.ndarray | None]:
     for number, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
             raise DataError(f"{path}: row {number} has {len(row)} fields, the header has {len(header)}")
+    if len(header) == 1 and any(sep in header[0] for sep in ";\t|"):
+        raise DataError(f"{path}: the header {header[0]!r} is one column; columns must be separated "
+                        "by commas")
     col = header.index(target) if target in header else None
     features = [i for i in range(len(header)) if i != col]
     if not features:

@@ -1,4 +1,4 @@
-"""Stage 2: Hydra distillation in two phases (DESIGN.md, "Training: the method").
+"""Stage 2: Hydra distillation in two phases (docs/design.md, "The method").
 
 Phase 1 trains body + one head on the ensemble mean at temperature T: the classic KD student,
 kept as the baseline. Phase 2 copies that head M times and trains body + heads so head m

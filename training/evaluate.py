@@ -21,7 +21,7 @@ from training.uncertainty import derived_outputs
 log = logging.getLogger(__name__)
 
 COMPONENTS = ("total", "data", "model")
-# The goals for the default digits model.
+# Targets for the default digits model: what a Hydra must keep of its ensemble (docs/design.md).
 GOALS = {"accuracy_gap_points": 0.5, "nll_ratio": 1.15, "spearman_model_test": 0.8,
          "spearman_model_ood": 0.9, "auroc_ratio": 0.97, "param_ratio": 1.5}
 
@@ -162,7 +162,7 @@ def check_goals(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for split in fid:
         if split.startswith("ood/"):
             goal(f"spearman_model_{split}", fid[split]["model"]["spearman"], GOALS["spearman_model_ood"], True)
-    # Not one of the goals: the same correlation over test and OOD inputs together.
+    # Reported beside the goals, not one of them: the same correlation over test and OOD together.
     goal("spearman_model_pooled_test_and_ood", fid["pooled_test_and_ood"]["model"]["spearman"],
          GOALS["spearman_model_ood"], True)
     for ood_name, entry in report["ood_detection"].items():

@@ -1,4 +1,4 @@
-"""The uncertainty formulas of DESIGN.md, one implementation in torch.
+"""The uncertainty formulas of docs/design.md, one implementation in torch.
 
 It is used by evaluation and traced into every exported graph, so the service (which reads
 the graph's outputs) and the report compute exactly the same numbers.

@@ -85,3 +85,17 @@ def test_member_predictions_are_checked(tmp_path: Path) -> None:
     for name, (arrays, members, message) in cases.items():
         with pytest.raises(DataError, match=message):
             load_member_predictions(_write_npz(tmp_path / name, **arrays), data, members)
+
+
+def test_validation_run_never_touches_test_rows() -> None:
+    final = load_dataset(DataConfig())
+    val = load_dataset(DataConfig(evaluate_on="validation"))
+    rows = lambda s: {r.tobytes() for r in s.X}  # noqa: E731
+    # The evaluated rows come from the final run's training rows; the test rows are unused.
+    assert rows(val.test) <= rows(final.train)
+    assert len(rows(final.test) & (rows(val.train) | rows(val.test))) < 5  # digits' duplicates
+    np.testing.assert_array_equal(val.calibration.X, final.calibration.X)
+    assert len(val.test) == len(final.test) and len(val.train) == len(final.train) - len(final.test)
+    # Random OOD sets are other draws; inverted digits are the validation rows inverted.
+    assert not np.array_equal(val.ood["uniform_noise"], final.ood["uniform_noise"])
+    np.testing.assert_array_equal(val.ood["inverted_digits"], 16.0 - val.test.X)

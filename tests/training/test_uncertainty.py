@@ -10,7 +10,7 @@ from training.uncertainty import classification_outputs, regression_outputs
 
 
 def _numpy_reference(logits: np.ndarray) -> dict[str, np.ndarray]:
-    """Straight from DESIGN.md's table, in float64 with scipy-free softmax."""
+    """Straight from the table in docs/design.md, in float64 with scipy-free softmax."""
     z = logits - logits.max(-1, keepdims=True)
     p = np.exp(z) / np.exp(z).sum(-1, keepdims=True)  # [B, M, C]
     pbar = p.mean(1)  # [B, C]

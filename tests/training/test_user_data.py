@@ -80,12 +80,22 @@ def test_one_hot_labels_are_refused(tmp_path: Path) -> None:
     ("a,b,target\n1,2,0\n3,,1\n", r"row 3, column 'b': expected a number, got ''"),
     ("a,b,target\n", r"expected a header row and data rows, found 1 rows"),
     ("a,b,label\n1,2,0\n3,4,1\n", r"no target found \(array 'y' or column 'target'\)"),
+    ("a;b;target\n1;2;0\n3;4;1\n", r"the header 'a;b;target' is one column; columns must be separated by commas"),
 ])
 def test_malformed_csv_names_row_and_column(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "d.csv"
     path.write_text(text)
     with pytest.raises(DataError, match=message):
         load_dataset(DataConfig(source="csv", path=str(path)))
+
+
+def test_csv_with_byte_order_mark(tmp_path: Path) -> None:
+    X, y = _separable()
+    path = tmp_path / "d.csv"
+    rows = ["target,a,b,c"] + [f"{t},{a},{b},{c}" for t, (a, b, c) in zip(y, X)]
+    path.write_bytes("\n".join(rows).encode("utf-8-sig"))
+    data = load_dataset(DataConfig(source="csv", path=str(path)))
+    assert data.feature_shape == (3,) and data.class_labels == ("0", "1")
 
 
 def test_npz_that_is_not_one(tmp_path: Path) -> None:

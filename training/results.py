@@ -1,0 +1,277 @@
+"""``hydra-train results``: the README's result tables, rendered from the runs that made them.
+
+Each table lives in the README between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->``
+and is rewritten from its source, never typed by hand:
+
+- ``digits``, ``diabetes``: ``report.json`` of the newest published version of that model;
+- ``ablation``: ``benchmarks/results/ablation.json`` (``benchmarks/ablate_transfer.py``);
+- ``tabular``: ``benchmarks/results/tabular.json`` (``benchmarks/tabular_check.py``).
+
+``--check`` rewrites nothing and exits 1 when a section differs from what its source gives.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from training.config import MODEL_NAME
+
+# Readable names of the report's goals (evaluate.GOALS holds the targets).
+GOAL_NAMES = {
+    "accuracy_gap_points": "accuracy gap ensemble − Hydra (points)",
+    "nll_ratio": "NLL Hydra / ensemble",
+    "spearman_model_test": "Spearman(model unc.), test",
+    "spearman_model_pooled_test_and_ood": "Spearman(model unc.), test + all OOD pooled",
+    "param_ratio_hydra_over_member": "parameters Hydra / one member",
+}
+NOT_A_GOAL = {"spearman_model_pooled_test_and_ood"}
+LOWER_IS_BETTER = {"accuracy_gap_points", "nll_ratio", "param_ratio_hydra_over_member"}
+
+
+class ResultsError(ValueError):
+    """A source is missing or the README lacks a section's markers."""
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "undefined"
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    return f"{value:.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def latest_report(repository: Path, model: str) -> Path:
+    """report.json of the newest version of ``model`` (the one the service serves by default)."""
+    if not MODEL_NAME.match(model):
+        raise ResultsError(f"not a model name: {model!r}")
+    folder = repository / model
+    versions = sorted((int(p.name) for p in folder.iterdir() if p.name.isascii() and p.name.isdigit()),
+                      default=None) if folder.is_dir() else None
+    if not versions:
+        raise ResultsError(f"no published version of {model!r} under {repository}")
+    path = folder / str(versions[-1]) / "report.json"
+    if not path.is_file():
+        raise ResultsError(f"{path} does not exist")
+    return path
+
+
+def _goal_name(key: str) -> str:
+    if key in GOAL_NAMES:
+        return GOAL_NAMES[key]
+    for prefix, text in (("spearman_model_ood/", "Spearman(model unc.), OOD "),
+                         ("auroc_ratio_model_ood/", "OOD AUROC (model unc.) Hydra / ensemble, ")):
+        if key.startswith(prefix):
+            return text + key[len(prefix):].replace("_", " ")
+    return key
+
+
+def render_classification(report: dict[str, Any]) -> str:
+    """Test-set quality, the goals, the OOD flag rates and how near-transfer each OOD set is."""
+    models = [m for m in ("ensemble", "kd", "hydra") if m in report["test"]]
+    names = {"ensemble": f"ensemble ({report['config']['ensemble']['members']} members)",
+             "kd": "KD student", "hydra": "Hydra"}
+    lines = [f"Test set: {report['splits']['test']} rows, never trained on; device "
+             f"{report['device']}.", ""]
+    lines += _table(["model", "accuracy", "NLL", "ECE", "Brier"],
+                    [[names[m], *(_f(report["test"][m][k], 4) for k in ("accuracy", "nll", "ece", "brier"))]
+                     for m in models])
+    goals = report.get("goals") or {}
+    if goals:
+        rows = []
+        for key, g in goals.items():
+            target = "(not a goal)" if key in NOT_A_GOAL else (
+                f"{'≤' if key in LOWER_IS_BETTER else '≥'} {g['target']:g}")
+            met = "" if key in NOT_A_GOAL else ("met" if g["met"] else "**missed**")
+            rows.append([_goal_name(key), _f(g["value"]), target, met])
+        lines += ["", *_table(["goal", "measured", "target", ""], rows)]
+    calibration = report.get("calibration") or {}
+    if calibration:
+        rates = ", ".join(f"{k.removeprefix('ood/').replace('_', ' ')} {100 * v:.1f}%"
+                          for k, v in calibration["flag_rate"].items())
+        lines += ["", f"OOD threshold at α = {calibration['alpha']:g} (from {calibration['n_calibration']} "
+                      f"calibration inputs): flagged {rates}."]
+    shares = (report.get("transfer") or {}).get("ood_rows_inside_transfer_box") or {}
+    if shares:
+        text = ", ".join(f"{k.replace('_', ' ')} {100 * v:.0f}%" for k, v in shares.items())
+        lines += ["", f"Share of each OOD set inside the transfer inputs' per-feature range: {text}. "
+                      "A set near 100% is near-transfer: the student was distilled on inputs like it."]
+    return "\n".join(lines)
+
+
+def render_regression(report: dict[str, Any]) -> str:
+    models = [m for m in ("ensemble", "kd", "hydra") if m in report["test"]]
+    names = {"ensemble": "ensemble", "kd": "KD student", "hydra": "Hydra"}
+    lines = [f"Test set: {report['splits']['test']} rows, target units; device {report['device']}.", ""]
+    lines += _table(["model", "RMSE", "Gaussian NLL", "95% interval coverage"],
+                    [[names[m], _f(report["test"][m]["rmse"], 2), _f(report["test"][m]["nll"]),
+                      _f(report["test"][m]["coverage_95"])] for m in models])
+    rows = []
+    for ood, entry in report["ood_detection"].items():
+        rows.append([ood.replace("_", " "), *(_f(entry[m]["model_uncertainty"]["auroc"]) for m in models)])
+    lines += ["", *_table(["OOD set: AUROC of model uncertainty", *(names[m] for m in models)], rows)]
+    fid = (report.get("fidelity") or {}).get("hydra")
+    if fid:
+        spearman = ", ".join(f"{k.removeprefix('ood/').replace('_', ' ')} {_f(v['model']['spearman'], 2)}"
+                             for k, v in fid.items() if k == "test" or k.startswith("ood/"))
+        lines += ["", f"Spearman correlation of Hydra's and the ensemble's model uncertainty: {spearman}."]
+    return "\n".join(lines)
+
+
+def render_ablation(summary: dict[str, Any]) -> str:
+    rows = summary["rows"]
+    keys = [k for k in rows[0] if k != "variant"]
+    header = ["transfer set", *(k.replace("_", " ") for k in keys)]
+    lines = [f"Evaluated on a {summary['evaluated_on']} split of the training rows, with its own OOD "
+             "draws (the test and OOD sets above played no part).", ""]
+    lines += _table(header, [[r["variant"], *(_f(r[k]) for k in keys)] for r in rows])
+    return "\n".join(lines)
+
+
+def render_tabular(summary: dict[str, Any]) -> str:
+    lines = [f"`{summary['config']}` with only `[data]` changed, on each data set's held-out rows "
+             f"(a split of seed {summary['holdout_seed']}, never given to `hydra-train`):", ""]
+    lines += _table(["data set", "rows held out", "Hydra accuracy", "ensemble accuracy", "Hydra NLL",
+                     "ensemble NLL"],
+                    [[r["dataset"], str(r["held_out"]), _f(r["hydra_accuracy"]), _f(r["ensemble_accuracy"]),
+                      _f(r["hydra_nll"]), _f(r["ensemble_nll"])] for r in summary["rows"]])
+    return "\n".join(lines)
+
+
+CHECKERBOARD = [16.0 if (r + c) % 2 == 0 else 0.0 for r in range(8) for c in range(8)]
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
+
+
+def render_serving(report_path: Path) -> str:
+    """The service's real V1 answer for a checkerboard (no digit), from the newest version.
+
+    Runs the application itself (in-process, no network) on the repository that holds it.
+    """
+    from fastapi.testclient import TestClient
+    from prometheus_client import CollectorRegistry
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    model_dir = report_path.parent.parent
+    settings = Settings(repository=model_dir.parent, providers=["CPUExecutionProvider"])
+    app = create_app(settings, CollectorRegistry())
+    with TestClient(app) as client:
+        for _ in range(600):
+            if client.get("/v2/health/ready").status_code == 200:
+                break
+            time.sleep(0.05)
+        answer = client.post(f"/v1/models/{model_dir.name}:predict", json={"instances": [CHECKERBOARD]})
+    if answer.status_code != 200:
+        raise ResultsError(f"the service answered {answer.status_code}: {answer.text[:200]}")
+    body = _rounded(answer.json())
+    body["model_version"] = "<newest>"
+    lines = [json.dumps({k: v for k, v in body.items() if k != "predictions"})[:-1] + ', "predictions": [{']
+    (prediction,) = body["predictions"]
+    items = list(prediction.items())
+    for i, (key, value) in enumerate(items):
+        comma = "," if i < len(items) - 1 else ""
+        lines.append(f"  {json.dumps(key)}: {json.dumps(value)}{comma}")
+    lines.append("}]}")
+    return "```json\n" + "\n".join(lines) + "\n```"
+
+
+def _json(render_dict: Callable[[dict[str, Any]], str]) -> Callable[[Path], str]:
+    def render_file(path: Path) -> str:
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ResultsError(f"{path} is not valid JSON: {exc}") from exc
+        return render_dict(data)
+
+    return render_file
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str
+    source: Callable[[Path, Path], Path]  # (repository, project root) -> source file
+    render: Callable[[Path], str]
+    label: str  # the source as the README names it
+
+
+SECTIONS = (
+    Section("digits", lambda repo, root: latest_report(repo, "digits"), _json(render_classification),
+            "models/digits/<newest version>/report.json, written by make train"),
+    Section("serving", lambda repo, root: latest_report(repo, "digits"), render_serving,
+            "the service's answer with models/digits/<newest version>"),
+    Section("diabetes", lambda repo, root: latest_report(repo, "diabetes"), _json(render_regression),
+            "models/diabetes/<newest version>/report.json, written by hydra-train run --config configs/diabetes.toml"),
+    Section("ablation", lambda repo, root: root / "benchmarks" / "results" / "ablation.json",
+            _json(render_ablation), "benchmarks/results/ablation.json, written by benchmarks/ablate_transfer.py"),
+    Section("tabular", lambda repo, root: root / "benchmarks" / "results" / "tabular.json",
+            _json(render_tabular), "benchmarks/results/tabular.json, written by benchmarks/tabular_check.py"),
+)
+
+
+def _pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"(<!-- results:{name} -->\n)(.*?)\n?(<!-- /results:{name} -->)", re.S)
+
+
+def section_text(readme: str, name: str) -> str:
+    match = _pattern(name).search(readme)
+    if match is None:
+        raise ResultsError(f"the README has no '<!-- results:{name} -->' ... '<!-- /results:{name} -->' section")
+    return match.group(2)
+
+
+def replace_section(readme: str, name: str, body: str) -> str:
+    section_text(readme, name)  # raises when the markers are missing
+    return _pattern(name).sub(lambda m: m.group(1) + body + "\n" + m.group(3), readme, count=1)
+
+
+def render(section: Section, repository: Path, root: Path) -> str:
+    source = section.source(repository, root)
+    if not source.is_file():
+        raise ResultsError(f"{source} does not exist")
+    body = section.render(source)
+    return f"{body}\n\n<sub>Rendered by `hydra-train results` from {section.label}.</sub>"
+
+
+def update_readme(readme: Path, repository: Path, only: list[str] | None, check: bool,
+                  root: Path) -> tuple[list[str], list[str]]:
+    """(sections that differ or were rewritten, sections skipped with why)."""
+    text = readme.read_text()
+    changed: list[str] = []
+    skipped: list[str] = []
+    for section in SECTIONS:
+        if only and section.name not in only:
+            continue
+        try:
+            body = render(section, repository, root)
+        except ResultsError as exc:
+            skipped.append(f"{section.name}: {exc}")
+            continue
+        if section_text(text, section.name) != body:
+            changed.append(section.name)
+            text = replace_section(text, section.name, body)
+    if changed and not check:
+        tmp = readme.with_name(f".{readme.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(readme)
+    return changed, skipped
