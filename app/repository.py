@@ -171,7 +171,8 @@ class ModelRepository:
         self._seen: dict[tuple[str, int], FileStamp] = {}  # stamps of the previous scan
         self._changing: set[tuple[str, int]] = set()  # served versions whose file changed
         self._defaults: dict[str, int] = {}
-        self._pending: set[str] = set()  # names with a version found but not yet loaded or refused
+        # Versions found but not yet loaded or refused (new, or their file still changing).
+        self._pending: set[tuple[str, int]] = set()
         self._scanned = False
         self._task: asyncio.Task[None] | None = None
         self._publisher: asyncio.Task[None] | None = None
@@ -205,7 +206,7 @@ class ModelRepository:
         if not versions:
             if not self._scanned:
                 raise ModelNotReady(f"model {name!r} is not loaded yet: the repository is still loading")
-            if name in self._pending:
+            if any(n == name for n, _ in self._pending):
                 raise ModelNotReady(
                     f"model {name!r} is not loaded yet: the repository is still loading it "
                     "(its file is new or was still being written)"
@@ -215,6 +216,11 @@ class ModelRepository:
         if version is None:
             return versions[max(versions)]
         served = versions.get(version)
+        if served is None and (name, version) in self._pending:
+            raise ModelNotReady(
+                f"version {version} of model {name!r} is not loaded yet: the repository is still "
+                "loading it (its file is new or was still being written)"
+            )
         if served is None:
             raise ModelNotFound(
                 f"version {version} of model {name!r} not found; versions served: "
@@ -294,10 +300,10 @@ class ModelRepository:
                 del self._failed[key]
             self._pending = self._unsettled(found)
 
-    def _unsettled(self, found: dict[tuple[str, int], tuple[Path, FileStamp]]) -> set[str]:
-        """Names with a version on disk that is neither served nor refused as it is now."""
+    def _unsettled(self, found: dict[tuple[str, int], tuple[Path, FileStamp]]) -> set[tuple[str, int]]:
+        """Versions on disk that are neither served nor refused as they are now."""
         return {
-            name for (name, version), (_, stamp) in found.items()
+            (name, version) for (name, version), (_, stamp) in found.items()
             if version not in self._table.get(name, {}) and self._failed.get((name, version)) != stamp
         }
 

@@ -97,12 +97,16 @@ def test_file_written_slowly_in_place_is_loaded_once_complete_and_only_then(
     chunks = np.array_split(np.frombuffer(data, dtype=np.uint8), 40)  # about 2 s of writing
     with serve(make_settings(tmp_path, poll_interval_s=0.5)) as (client, app_, registry):
         with target.open("wb") as f:
-            for chunk in chunks:
+            for i, chunk in enumerate(chunks):
                 f.write(chunk.tobytes())
                 f.flush()
                 time.sleep(0.05)
+                if i == len(chunks) // 2:  # asked for by number while it is being written
+                    midway = client.post("/v2/models/digits/versions/2/infer", json={"inputs": [
+                        {"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]})
         wait_for(lambda: app_.state.repository.versions("digits") == [1, 2], what="version 2")
         r = client.post(V1, json={"instances": cm.far_inputs(2).tolist()})
+    assert midway.status_code == 503 and "still loading" in midway.json()["error"]
     assert [a for a in attempts if a != -1] == [len(data)]
     assert failures(registry) is None
     assert r.json()["model_version"] == "2"
