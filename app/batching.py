@@ -230,8 +230,8 @@ class Batcher:
             p = batch[0]
             if not p.future.done():
                 p.future.set_exception(InferenceFailed(
-                    f"inference failed for this request's input ({type(exc).__name__}); the other "
-                    "requests of its batch were answered, and the service logged the details"
+                    f"inference failed for this request's input ({type(exc).__name__}); requests "
+                    "batched with it were answered without it, and the service logged the details"
                 ))
             return
         self._deliver(batch, outputs, len(inputs), time.perf_counter() - started, started)

@@ -244,8 +244,8 @@ def test_a_failing_batch_is_retried_per_request() -> None:
 
     assert isinstance(results[2], InferenceFailed)
     assert results[2].message == (
-        "inference failed for this request's input (RuntimeError); the other requests of its "
-        "batch were answered, and the service logged the details"
+        "inference failed for this request's input (RuntimeError); requests batched with it "
+        "were answered without it, and the service logged the details"
     )
     for i in (0, 1, 3, 4):
         np.testing.assert_allclose(results[i]["sum"], [40.0 * i])

@@ -54,8 +54,8 @@ def test_one_failing_request_does_not_fail_its_batch(
         predicted = registry.get_sample_value("hydra_predictions_total", LABELS)
     assert failed.status_code == 500
     assert failed.json() == {
-        "error": "inference failed for this request's input (InvalidArgument); the other requests "
-                 "of its batch were answered, and the service logged the details",
+        "error": "inference failed for this request's input (InvalidArgument); requests batched "
+                 "with it were answered without it, and the service logged the details",
         "code": "inference_failed",
     }
     for i, r in enumerate(answers):

@@ -81,7 +81,9 @@ def test_v1_non_finite_outputs_are_a_422_and_stay_out_of_the_metrics(
     )
 
 
-def test_v2_json_and_binary_non_finite_outputs_are_a_422(nan_repo: Path) -> None:
+def test_v2_json_and_binary_non_finite_outputs_are_a_422(
+    nan_repo: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     header = json.dumps({
         "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
                     "parameters": {"binary_data_size": 256}}],
@@ -99,6 +101,8 @@ def test_v2_json_and_binary_non_finite_outputs_are_a_422(nan_repo: Path) -> None
     assert everything.status_code == 422
     assert everything.json()["error"].startswith("instance 1: ")
     assert registry.get_sample_value("hydra_predictions_total", LABELS) in (None, 0.0)
+    # The observer got calls with no rows at all, and took them.
+    assert not [r for r in caplog.records if "batch observer failed" in r.getMessage()]
 
 
 def test_inputs_beyond_float32_are_a_400_not_infinity(repo: Path) -> None:

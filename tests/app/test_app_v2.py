@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import contract_models as cm
-from servekit import live_server, make_settings, reference_outputs, serve
+from servekit import live_server, make_settings, reference_outputs, serve, wait_for
 
 ATOL = 1e-5
 
@@ -66,6 +66,8 @@ def test_versions_addressable(
     x = digits["test_x"][:2]
     sel = {"outputs": [{"name": "mean_probs"}]}
     with serve(make_settings(tmp_path)) as (client, _, _):
+        # Ready means one model is served; version 2 may come a scan later.
+        wait_for(lambda: client.get("/v2/models/digits").json()["versions"] == ["1", "2"], what="both versions")
         meta = client.get("/v2/models/digits").json()
         default = client.post("/v2/models/digits/infer", json=_infer_body(x, **sel)).json()
         old = client.post("/v2/models/digits/versions/1/infer", json=_infer_body(x, **sel)).json()
