@@ -76,7 +76,7 @@ def predictions(served: ServedModel, out: Outputs, return_heads: bool) -> list[d
         pred["head_disagreement"] = disagreement[i]
         if rate is not None:
             pred["disagreement_rate"] = rate[i]
-        if p_value is not None:
+        if calibration is not None and p_value is not None:
             pred["ood"] = {"is_ood": is_ood[i], "score": score[i], "threshold": calibration.threshold,
                            "p_value": p_value[i]}
         else:  # no calibration: no threshold and no p-value (absent, never null)
