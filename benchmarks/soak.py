@@ -187,10 +187,10 @@ class Publisher(threading.Thread):
     """A new version every ``every`` s: good (atomic), corrupt, slow in-place copy, good."""
 
     def __init__(self, root: Path, models: list[bytes], every: float, stop: threading.Event,
-                 traffic: Traffic, keep: int = 4) -> None:
+                 keep: int = 4) -> None:
         super().__init__(daemon=True)
         self.root, self.models, self.every, self.stop_event = root, models, every, stop
-        self.traffic, self.keep = traffic, keep
+        self.keep = keep
         self.log: list[str] = []
 
     def run(self) -> None:
@@ -216,8 +216,6 @@ class Publisher(threading.Thread):
                 (staging / "model.onnx").write_bytes(payload)
                 os.rename(staging, folder)
             self.log.append(f"{time.monotonic() - t0:6.0f} s: version {version} published ({kind})")
-            if kind != "corrupt":
-                self.traffic.versions = sorted({*self.traffic.versions, version})[-self.keep:]
             existing = sorted(int(p.name) for p in (self.root / MODEL).iterdir() if p.name.isdigit())
             for old in existing[: -self.keep]:
                 shutil.rmtree(self.root / MODEL / str(old), ignore_errors=True)
@@ -273,7 +271,7 @@ def main() -> None:
         traffic = Traffic(np.asarray(split["test_x"]), cm.far_inputs(400), max_body, args.seed)
         record = Record()
         stop_publishing = threading.Event()
-        publisher = Publisher(root, models, args.publish_every, stop_publishing, traffic)
+        publisher = Publisher(root, models, args.publish_every, stop_publishing)
         rss: list[tuple[float, float]] = []
         start = time.monotonic()
         stop = start + args.minutes * 60
@@ -286,9 +284,12 @@ def main() -> None:
                 try:
                     versions = httpx.get(f"{url}/v2/models/{MODEL}", timeout=5).json()["versions"]
                     served.append((time.monotonic() - start, ",".join(versions)))
+                    # Clients address the versions the service lists (a client asking for a
+                    # version still being published gets 503 + Retry-After, by design).
+                    traffic.versions = [int(v) for v in versions]
                 except (httpx.HTTPError, ValueError, KeyError):
                     pass
-                time.sleep(5)
+                time.sleep(2)
 
         sampler = threading.Thread(target=sample_rss, daemon=True)
         publisher.start()
