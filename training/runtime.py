@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -127,6 +128,12 @@ def _batches(tensors: tuple[torch.Tensor, ...], batch_size: int, rt: Runtime, se
         yield tuple(t.to(rt.device, non_blocking=True) for t in batch)
 
 
+def epochs_for(optim: OptimConfig, rows: int, world_size: int = 1) -> int:
+    """``optim.epochs``, or more when that many epochs give fewer than ``optim.min_steps`` steps."""
+    steps_per_epoch = max(1, math.ceil(rows / (optim.batch_size * world_size)))
+    return max(optim.epochs, math.ceil(optim.min_steps / steps_per_epoch))
+
+
 def fit(model: nn.Module, tensors: tuple[torch.Tensor, ...], loss_fn: LossFn, optim: OptimConfig,
         rt: Runtime, *, checkpoint: Path | None, key: str, desc: str, seed: int) -> nn.Module:
     """Train ``model`` in place with AdamW and a cosine schedule; resumable per epoch.
@@ -136,8 +143,12 @@ def fit(model: nn.Module, tensors: tuple[torch.Tensor, ...], loss_fn: LossFn, op
     returned and checkpointed, so checkpoints load anywhere.
     """
     model.to(rt.device)
+    epochs = epochs_for(optim, int(tensors[0].shape[0]), rt.world_size)
+    if epochs > optim.epochs:
+        log.info("%s: %d epochs to reach %d optimizer steps on %d rows", desc, epochs, optim.min_steps,
+                 int(tensors[0].shape[0]))
     opt = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=optim.epochs)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     start = 0
     state = load_checkpoint(checkpoint, key) if checkpoint is not None else None
     if state is not None:
@@ -150,9 +161,9 @@ def fit(model: nn.Module, tensors: tuple[torch.Tensor, ...], loss_fn: LossFn, op
     if rt.distributed:
         wrapped = nn.parallel.DistributedDataParallel(
             model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-    bar = tqdm(total=optim.epochs, initial=start, desc=desc, unit="ep", disable=not rt.is_main,
+    bar = tqdm(total=epochs, initial=start, desc=desc, unit="ep", disable=not rt.is_main,
                file=sys.stderr, mininterval=1.0, dynamic_ncols=True, leave=True)
-    for epoch in range(start, optim.epochs):
+    for epoch in range(start, epochs):
         model.train()
         total, count = 0.0, 0
         for batch in _batches(tensors, optim.batch_size, rt, seed, epoch):

@@ -208,3 +208,32 @@ def test_setting_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert cli_main(args) == 2
     err = capsys.readouterr().err
     assert re.search(message, err) and "Traceback" not in err
+
+
+def test_small_data_sets_get_min_steps() -> None:
+    from training.config import OptimConfig
+    from training.runtime import epochs_for
+
+    optim = OptimConfig(epochs=40, batch_size=64, min_steps=500)
+    assert epochs_for(optim, 85) == 250  # 2 steps an epoch
+    assert epochs_for(optim, 1078) == 40  # 17 steps an epoch: the epochs already give 680
+    assert epochs_for(optim, 85, world_size=2) == 500  # one step an epoch on each of 2 ranks
+    assert epochs_for(OptimConfig(epochs=40, batch_size=64), 85) == 40  # 0: off
+
+
+def test_fit_runs_min_steps_on_small_data() -> None:
+    from training.config import OptimConfig
+    from training.runtime import fit
+
+    torch.manual_seed(0)
+    net = HydraNet(ModelConfig(hidden=(8,)), NetSpec("classification", (3,), 2), 1)
+    X, y = torch.randn(10, 3), torch.randint(0, 2, (10,))
+    calls: list[int] = []
+
+    def loss(model, batch):  # noqa: ANN001, ANN202
+        calls.append(1)
+        return torch.nn.functional.cross_entropy(model(batch[0])[:, 0], batch[1])
+
+    fit(net, (X, y), loss, OptimConfig(epochs=1, batch_size=5, min_steps=12), Runtime(torch.device("cpu")),
+        checkpoint=None, key="k", desc="t", seed=0)
+    assert len(calls) == 12
