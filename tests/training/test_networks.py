@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.config import ModelConfig, load_config
+from training.config import ConfigError, ModelConfig, load_config
 from training.networks import HeadBank, HydraNet, NetSpec, count_parameters
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,5 +56,5 @@ def test_cnn_body_and_regression_shapes() -> None:
 
 
 def test_unknown_body_is_named() -> None:
-    with pytest.raises(ValueError, match=r"unknown body 'resnet'; registered: \['cnn', 'mlp'\]"):
+    with pytest.raises(ConfigError, match=r"unknown model.body 'resnet'; registered: \['cnn', 'mlp'\]"):
         HydraNet(ModelConfig(body="resnet"), SPEC, 1)
