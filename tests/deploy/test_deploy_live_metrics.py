@@ -187,3 +187,62 @@ def test_multi_worker_service_exports_the_same_names(repo: Path, tmp_path: Path)
         if s.name == "hydra_predictions_total"
     ]
     assert counted == [({"model": MODEL_NAME, "version": "1"}, 200.0)]  # summed over workers
+
+
+@pytest.mark.slow
+def test_a_killed_worker_drops_out_of_the_live_gauges(tmp_path: Path) -> None:
+    """HYDRA_WORKERS=2: one worker is killed (uvicorn starts a new one). Its live state and
+    live gauge files are removed by the survivors, and the merged gauges show one copy of
+    the version, never the dead worker's values."""
+    import os
+    import signal
+
+    import httpx
+    import psutil
+    from service_process import running_service, wait_ready
+
+    build_repository(tmp_path / "models")
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    with running_service(
+        tmp_path / "models", tmp_path / "service.log",
+        HYDRA_WORKERS="2", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+    ) as (url, process):
+        wait_ready(url, process)
+
+        def workers() -> set[int]:
+            return {c.pid for c in psutil.Process(process.pid).children(recursive=True)
+                    if (metrics_dir / f"hydra_live_{c.pid}.json").exists()}
+
+        deadline = time.monotonic() + 30
+        while len(workers()) < 2:
+            assert time.monotonic() < deadline, "two workers never published their state"
+            time.sleep(0.2)
+        victim = min(workers())
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        def live_files(pid: int) -> list[Path]:
+            # Its counters and histograms stay: their totals still count in the sums.
+            return [*metrics_dir.glob(f"hydra_live_{pid}.json"), *metrics_dir.glob(f"gauge_live*_{pid}.db")]
+
+        assert live_files(victim)
+        while live_files(victim):
+            assert time.monotonic() < deadline, f"live files of dead worker {victim} still there"
+            time.sleep(0.2)
+        while len(workers()) < 2:  # the replacement worker published too
+            assert time.monotonic() < deadline, "no replacement worker"
+            time.sleep(0.2)
+        time.sleep(1.5)  # every live worker published at least once more
+        text = httpx.get(f"{url}/metrics", timeout=5).text
+    assert not live_files(victim) and (metrics_dir / f"counter_{victim}.db").exists()
+    info = _samples(text, "hydra_model_info")
+    assert len(info) == 1 and info[0]["version"] == "1", info
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values = {
+        s.name: s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name in ("hydra_models_ready", "hydra_queue_depth")
+    }
+    assert values == {"hydra_models_ready": 1.0, "hydra_queue_depth": 0.0}
