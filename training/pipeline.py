@@ -28,7 +28,7 @@ from training.networks import Ensemble, HydraNet
 from training.publish import publish
 from training.report import write_report
 from training.runtime import Runtime, config_key, predict, setup_runtime, teardown_runtime
-from training.transfer import TransferSet, build_transfer_inputs, row_keys, transfer_box_share
+from training.transfer import TransferSet, build_transfer_inputs, row_keys, transfer_range_share
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +153,8 @@ def run_pipeline(config: RunConfig, repository: Path | None, stop_after: str = "
                    "head": config.model.head, "temperature": config.distill.temperature,
                    "test": report["test"]["hydra"], "device": str(rt.device),
                    "world_size": rt.world_size}
-        report["transfer"] = {**trained.transfer.summary, "ood_rows_inside_transfer_box": {
-            name: transfer_box_share(trained.transfer.X, X) for name, X in data.ood.items()}}
+        report["transfer"] = {**trained.transfer.summary, "ood_values_inside_transfer_range": {
+            name: transfer_range_share(trained.transfer.X, X) for name, X in data.ood.items()}}
         report.update(name=config.name, config=config.to_dict(), created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                       device=str(rt.device), world_size=rt.world_size)
 

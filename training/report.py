@@ -97,11 +97,11 @@ def markdown(report: dict[str, Any]) -> str:
         if t.get("ignored_settings"):
             lines.append("Settings that need the members themselves and were not applied: "
                          + ", ".join(t["ignored_settings"]) + ".")
-        shares = t.get("ood_rows_inside_transfer_box", {})
+        shares = t.get("ood_values_inside_transfer_range", {})
         if shares:
-            lines += ["", "Share of each OOD set inside the transfer inputs' per-feature [min, max] box "
-                      "(near 1: the set is near-transfer, and detecting it tests little beyond the "
-                      "transfer set itself):", ""]
+            lines += ["", "Share of each OOD set's feature values inside the transfer inputs' "
+                      "per-feature [min, max] (near 1: the set is near-transfer, and imitating the "
+                      "teachers there says little about inputs of a kind the student never saw):", ""]
             lines += _table(["OOD set", "share inside"], [[k, v] for k, v in shares.items()])
         else:
             lines.append("")

@@ -4,7 +4,9 @@ Each table lives in the README between ``<!-- results:NAME -->`` and ``<!-- /res
 and is rewritten from its source, never typed by hand:
 
 - ``digits``, ``diabetes``: ``report.json`` of the newest published version of that model;
+- ``serving``: the service's own answer for a checkerboard, with the newest digits version;
 - ``ablation``: ``benchmarks/results/ablation.json`` (``benchmarks/ablate_transfer.py``);
+- ``seeds``: ``benchmarks/results/seed_spread.json`` (``benchmarks/seed_spread.py``);
 - ``tabular``: ``benchmarks/results/tabular.json`` (``benchmarks/tabular_check.py``).
 
 ``--check`` rewrites nothing and exits 1 when a section differs from what its source gives.
@@ -57,8 +59,8 @@ def latest_report(repository: Path, model: str) -> Path:
     if not MODEL_NAME.match(model):
         raise ResultsError(f"not a model name: {model!r}")
     folder = repository / model
-    versions = sorted((int(p.name) for p in folder.iterdir() if p.name.isascii() and p.name.isdigit()),
-                      default=None) if folder.is_dir() else None
+    versions = sorted(int(p.name) for p in folder.iterdir()
+                      if p.name.isascii() and p.name.isdigit()) if folder.is_dir() else []
     if not versions:
         raise ResultsError(f"no published version of {model!r} under {repository}")
     path = folder / str(versions[-1]) / "report.json"
@@ -102,11 +104,12 @@ def render_classification(report: dict[str, Any]) -> str:
                           for k, v in calibration["flag_rate"].items())
         lines += ["", f"OOD threshold at α = {calibration['alpha']:g} (from {calibration['n_calibration']} "
                       f"calibration inputs): flagged {rates}."]
-    shares = (report.get("transfer") or {}).get("ood_rows_inside_transfer_box") or {}
+    shares = (report.get("transfer") or {}).get("ood_values_inside_transfer_range") or {}
     if shares:
         text = ", ".join(f"{k.replace('_', ' ')} {100 * v:.0f}%" for k, v in shares.items())
-        lines += ["", f"Share of each OOD set inside the transfer inputs' per-feature range: {text}. "
-                      "A set near 100% is near-transfer: the student was distilled on inputs like it."]
+        lines += ["", f"Share of each OOD set's feature values inside the transfer inputs' per-feature "
+                      f"range: {text}. A set near 100% is near-transfer: the student was distilled on "
+                      "inputs like it."]
     return "\n".join(lines)
 
 
@@ -140,12 +143,30 @@ def render_ablation(summary: dict[str, Any]) -> str:
 
 
 def render_tabular(summary: dict[str, Any]) -> str:
-    lines = [f"`{summary['config']}` with only `[data]` changed, on each data set's held-out rows "
-             f"(a split of seed {summary['holdout_seed']}, never given to `hydra-train`):", ""]
-    lines += _table(["data set", "rows held out", "Hydra accuracy", "ensemble accuracy", "Hydra NLL",
-                     "ensemble NLL"],
-                    [[r["dataset"], str(r["held_out"]), _f(r["hydra_accuracy"]), _f(r["ensemble_accuracy"]),
-                      _f(r["hydra_nll"]), _f(r["ensemble_nll"])] for r in summary["rows"]])
+    lines = [f"`{summary['config']}` with only `[data]` changed; {summary['rows'][0]['folds']}-fold: each "
+             f"row is held out once (folds of seed {summary['holdout_seed']}) and scored by the "
+             "published files of the run that never saw it:", ""]
+    lines += _table(["data set", "rows", "Hydra accuracy", "worst fold", "ensemble accuracy",
+                     "Hydra NLL", "ensemble NLL"],
+                    [[r["dataset"], str(r["rows"]), _f(r["hydra_accuracy"]), _f(r["hydra_worst_fold_accuracy"]),
+                      _f(r["ensemble_accuracy"]), _f(r["hydra_nll"]), _f(r["ensemble_nll"])]
+                     for r in summary["rows"]])
+    return "\n".join(lines)
+
+
+def render_seed_spread(summary: dict[str, Any]) -> str:
+    runs = summary["runs"]
+    keys = list(runs[0]["goals"])
+    seeds = ", ".join(str(r["distill_seed"]) for r in runs)
+    lines = [f"The same members and transfer set, distilled with seeds {seeds} (seed 0 is the "
+             "published model), each evaluated on the test and OOD sets above:", ""]
+    rows = []
+    for key in keys:
+        values = [r["goals"][key] for r in runs]
+        if any(v is None for v in values):
+            continue
+        rows.append([_goal_name(key), *(_f(v) for v in values), _f(max(values) - min(values))])
+    lines += _table(["figure", *(f"seed {r['distill_seed']}" for r in runs), "spread"], rows)
     return "\n".join(lines)
 
 
@@ -222,6 +243,8 @@ SECTIONS = (
             "the service's answer with models/digits/<newest version>"),
     Section("diabetes", lambda repo, root: latest_report(repo, "diabetes"), _json(render_regression),
             "models/diabetes/<newest version>/report.json, written by hydra-train run --config configs/diabetes.toml"),
+    Section("seeds", lambda repo, root: root / "benchmarks" / "results" / "seed_spread.json",
+            _json(render_seed_spread), "benchmarks/results/seed_spread.json, written by benchmarks/seed_spread.py"),
     Section("ablation", lambda repo, root: root / "benchmarks" / "results" / "ablation.json",
             _json(render_ablation), "benchmarks/results/ablation.json, written by benchmarks/ablate_transfer.py"),
     Section("tabular", lambda repo, root: root / "benchmarks" / "results" / "tabular.json",

@@ -49,13 +49,16 @@ def row_keys(X: np.ndarray) -> list[bytes]:
     return [row.tobytes() for row in flat]
 
 
-def transfer_box_share(X_transfer: np.ndarray, X: np.ndarray) -> float:
-    """Share of rows of X inside the transfer set's per-feature [min, max] box."""
+def transfer_range_share(X_transfer: np.ndarray, X: np.ndarray) -> float:
+    """Share of the feature values of X inside the transfer inputs' per-feature [min, max].
+
+    Near 1 means the set lies among inputs the student was distilled on (near-transfer), so
+    imitating the teachers there says little about inputs of a kind it never saw.
+    """
     flat_t = X_transfer.reshape(X_transfer.shape[0], -1)
     flat = X.reshape(X.shape[0], -1)
     lo, hi = flat_t.min(axis=0), flat_t.max(axis=0)
-    inside = np.all((flat >= lo) & (flat <= hi), axis=1)
-    return float(inside.mean())
+    return float(((flat >= lo) & (flat <= hi)).mean())
 
 
 def _disagreement_ascent(teacher: Ensemble, z: torch.Tensor, cfg: TransferConfig, rt: Runtime) -> torch.Tensor:

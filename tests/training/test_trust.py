@@ -237,3 +237,15 @@ def test_fit_runs_min_steps_on_small_data() -> None:
     fit(net, (X, y), loss, OptimConfig(epochs=1, batch_size=5, min_steps=12), Runtime(torch.device("cpu")),
         checkpoint=None, key="k", desc="t", seed=0)
     assert len(calls) == 12
+
+
+def test_transfer_range_share_counts_values_inside_the_transfer_range() -> None:
+    from training.transfer import transfer_range_share
+
+    transfer = np.array([[0.0, 0.0], [16.0, 4.0]], dtype=np.float32)  # ranges [0, 16] and [0, 4]
+    inside = np.array([[1.0, 1.0], [15.0, 3.0]], dtype=np.float32)
+    half = np.array([[1.0, 9.0], [15.0, 9.0]], dtype=np.float32)  # second feature outside
+    outside = np.array([[-1.0, 5.0]], dtype=np.float32)
+    assert transfer_range_share(transfer, inside) == 1.0
+    assert transfer_range_share(transfer, half) == 0.5
+    assert transfer_range_share(transfer, outside) == 0.0

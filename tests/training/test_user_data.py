@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from training.config import DataConfig
-from training.data import DataError, encode_labels, feature_stats, load_dataset
+from training.data import DataError, encode_labels, feature_stats, load_dataset, value_resolution
 
 
 def _csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
@@ -123,22 +123,30 @@ def test_digest_follows_the_contents(tmp_path: Path) -> None:
 def test_feature_scale_looks_at_each_feature_alone() -> None:
     rng = np.random.default_rng(0)
     n = 1000
-    big = rng.normal(1000.0, 200.0, n)          # large units
-    small = rng.normal(0.07, 0.007, n)         # small units, continuous
-    sparse = np.where(rng.random(n) < 0.02, rng.integers(1, 4, n), 0).astype(float)  # a rarely inked pixel
+    big = rng.normal(1000.0, 200.0, n)          # large units, continuous
+    small = rng.normal(0.07, 0.007, n).round(4)  # small units, recorded to 4 decimals
+    sparse = np.where(rng.random(n) < 0.02, rng.choice([1, 2], n), 0).astype(float)  # rarely inked pixel
     constant = np.full(n, 5.0)
     X = np.stack([big, small, sparse, constant], 1).astype(np.float32)
     mean, scale = feature_stats(X)
     std = X.std(0)
     # Features in other units never change each other's scale: the small one keeps its std.
     np.testing.assert_allclose(scale[:2], std[:2], rtol=1e-6)
-    # The sparse integer feature is not scaled below its value spacing (1), so one step of
+    # The sparse integer feature is not scaled below its recording step (1), so one step of
     # noise there is at most one unit after normalization.
-    assert std[2] < 0.5 and scale[2] == pytest.approx(1.0)
-    assert scale[3] == pytest.approx(5.0)
+    assert std[2] < 1.0 and scale[2] == pytest.approx(1.0)
+    assert scale[3] == pytest.approx(1.0)  # a constant integer feature: its step
+    _, continuous_constant = feature_stats(np.full((10, 1), np.pi, dtype=np.float32))
+    assert continuous_constant[0] == pytest.approx(np.pi)  # no step: max(|value|, 1)
     # Scaling a feature scales only its own scale.
     X2 = X.copy()
     X2[:, 1] *= 1e-3
     _, scale2 = feature_stats(X2)
     np.testing.assert_allclose(scale2[[0, 2, 3]], scale[[0, 2, 3]], rtol=1e-6)
     np.testing.assert_allclose(scale2[1], scale[1] * 1e-3, rtol=1e-4)
+
+
+def test_value_resolution_reads_the_recording_step() -> None:
+    X = np.array([[3.0, 13.72, 0.0512, np.pi], [0.0, 12.5, 0.1, np.e], [16.0, 14.01, 0.0777, 1.0 / 3.0]],
+                 dtype=np.float32)
+    np.testing.assert_allclose(value_resolution(X), [1.0, 0.01, 1e-4, 0.0], rtol=1e-6)

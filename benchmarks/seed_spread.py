@@ -1,0 +1,49 @@
+"""How much the digits goals move with the distillation seed alone: the same members, the
+same transfer set, phases 1 and 2 started from other seeds (``distill.seed``), each evaluated
+on the final report's test and OOD sets. A figure that moves a lot here is noise at the
+precision the README prints it.
+
+Writes ``benchmarks/results/seed_spread.json``, from which ``hydra-train results`` renders
+the README's table.
+
+    .venv/bin/python benchmarks/seed_spread.py [--config configs/digits.toml] [--seeds 0 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from training.config import load_config
+from training.pipeline import run_pipeline
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/digits.toml")
+    parser.add_argument("--runs-dir", default="runs/seed-spread")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", default="benchmarks/results/seed_spread.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    runs = []
+    for seed in args.seeds:
+        config = load_config(args.config, [f'runs_dir="{args.runs_dir}"', f"distill.seed={seed}"])
+        folder = run_pipeline(config, None, stop_after="evaluate")
+        report = json.loads((Path(folder) / "report.json").read_text())
+        goals = {k: g["value"] for k, g in report["goals"].items()}
+        runs.append({"distill_seed": seed, "goals": goals})
+        print(json.dumps(runs[-1]), flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps({"config": args.config, "runs": runs}, indent=2) + "\n")
+    tmp.replace(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
