@@ -1,4 +1,4 @@
-"""The test models themselves follow the contract and the formulas of DESIGN.md, checked
+"""The test models themselves follow the contract and the formulas of docs/design.md, checked
 against an independent numpy computation, so the service tests build on solid ground."""
 
 from __future__ import annotations
