@@ -54,6 +54,9 @@ class Dataset:
     # Shift intensity (0 = clean) -> corrupted test split.
     shift: dict[float, Split] = field(default_factory=dict)
     preprocessing: dict[str, object] = field(default_factory=dict)
+    # OOD set name -> how it is drawn, where that matters for what it measures ("uniform":
+    # uniformly over the features' range, like the transfer set's uniform inputs).
+    ood_drawn_like: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -284,6 +287,7 @@ def _digits(config: DataConfig) -> Dataset:
         ood=ood,
         shift=shift,
         preprocessing={"input": "8x8 grey image flattened row-major, pixel values 0-16"},
+        ood_drawn_like={"uniform_noise": "uniform"},
     )
 
 

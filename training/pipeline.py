@@ -55,7 +55,8 @@ def teachers(config: RunConfig, data: Dataset, rt: Runtime, run_dir: Path) -> tu
     y = np.zeros((len(X), *data.train.y.shape[1:]), dtype=data.train.y.dtype)
     y[original] = data.train.y
     summary = {"source": "members trained here", "rows": int(len(X)),
-               "training_rows": int(original.sum()), "added_rows": int((~original).sum())}
+               "training_rows": int(original.sum()), "added_rows": int((~original).sum()),
+               "uniform_rows": int(round(config.distill.transfer.uniform_fraction * len(data.train)))}
     key = config_key(config.ensemble, config.distill.transfer, data.digest())
     return ensemble, TransferSet(X, outputs, y, original, key, summary)
 
@@ -111,6 +112,17 @@ def external_transfer_set(given: MemberPredictions, data: Dataset, config: RunCo
     return TransferSet(X, teacher, y, labelled, key, summary)
 
 
+def near_transfer(data: Dataset, transfer: TransferSet) -> dict[str, str]:
+    """OOD sets drawn like a part of the transfer set: the student was distilled on inputs of
+    their kind, so their figures say little about inputs of a kind it never saw."""
+    out = {}
+    if transfer.summary.get("uniform_rows", 0) > 0:
+        for name, how in data.ood_drawn_like.items():
+            if how == "uniform" and name in data.ood:
+                out[name] = "drawn uniformly over the feature range, like the transfer set's uniform inputs"
+    return out
+
+
 def train(config: RunConfig, rt: Runtime, run_dir: Path) -> Trained:
     data = load_dataset(config.data)
     teacher, transfer = teachers(config, data, rt, run_dir)
@@ -154,7 +166,8 @@ def run_pipeline(config: RunConfig, repository: Path | None, stop_after: str = "
                    "test": report["test"]["hydra"], "device": str(rt.device),
                    "world_size": rt.world_size}
         report["transfer"] = {**trained.transfer.summary, "ood_values_inside_transfer_range": {
-            name: transfer_range_share(trained.transfer.X, X) for name, X in data.ood.items()}}
+            name: transfer_range_share(trained.transfer.X, X) for name, X in data.ood.items()},
+            "near_transfer_ood_sets": near_transfer(data, trained.transfer)}
         report.update(name=config.name, config=config.to_dict(), created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                       device=str(rt.device), world_size=rt.world_size)
 

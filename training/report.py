@@ -97,6 +97,9 @@ def markdown(report: dict[str, Any]) -> str:
         if t.get("ignored_settings"):
             lines.append("Settings that need the members themselves and were not applied: "
                          + ", ".join(t["ignored_settings"]) + ".")
+        for name, why in t.get("near_transfer_ood_sets", {}).items():
+            lines.append(f"Near-transfer OOD set: {name}, {why}; its figures say little about inputs "
+                         "of a kind the student never saw.")
         shares = t.get("ood_values_inside_transfer_range", {})
         if shares:
             lines += ["", "Share of each OOD set's feature values inside the transfer inputs' "

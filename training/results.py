@@ -104,12 +104,11 @@ def render_classification(report: dict[str, Any]) -> str:
                           for k, v in calibration["flag_rate"].items())
         lines += ["", f"OOD threshold at α = {calibration['alpha']:g} (from {calibration['n_calibration']} "
                       f"calibration inputs): flagged {rates}."]
-    shares = (report.get("transfer") or {}).get("ood_values_inside_transfer_range") or {}
-    if shares:
-        text = ", ".join(f"{k.replace('_', ' ')} {100 * v:.0f}%" for k, v in shares.items())
-        lines += ["", f"Share of each OOD set's feature values inside the transfer inputs' per-feature "
-                      f"range: {text}. A set near 100% is near-transfer: the student was distilled on "
-                      "inputs like it."]
+    near = (report.get("transfer") or {}).get("near_transfer_ood_sets") or {}
+    for name, why in near.items():
+        lines += ["", f"Near-transfer: {name.replace('_', ' ')} is {why}, so its figures say how "
+                      "well the Hydra imitates the ensemble on inputs like its transfer set, not on "
+                      "an unseen kind of input."]
     return "\n".join(lines)
 
 

@@ -249,3 +249,15 @@ def test_transfer_range_share_counts_values_inside_the_transfer_range() -> None:
     assert transfer_range_share(transfer, inside) == 1.0
     assert transfer_range_share(transfer, half) == 0.5
     assert transfer_range_share(transfer, outside) == 0.0
+
+
+def test_uniform_noise_is_reported_near_transfer_only_with_uniform_inputs() -> None:
+    from training.config import DataConfig
+    from training.pipeline import near_transfer
+
+    data = load_dataset(DataConfig())
+    X = data.train.X
+    base = TransferSet(X, np.zeros((len(X), 2, 10), np.float32), data.train.y, np.ones(len(X), bool), "k")
+    assert near_transfer(data, base) == {}
+    with_uniform = replace(base, summary={"uniform_rows": 100})
+    assert list(near_transfer(data, with_uniform)) == ["uniform_noise"]
