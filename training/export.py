@@ -7,6 +7,7 @@ checker, then ONNX Runtime against PyTorch on random and real inputs for every o
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -141,4 +142,5 @@ def export_checked(net: nn.Module, meta: ModelMetadata, config: ExportConfig, re
     worst = max(max(d.values()) for d in parity.values())
     log.info("exported %s (%d outputs, parity max |diff| %.2e)", path, len(meta.output_names), worst)
     return {"file": path.name, "opset": config.opset, "atol": config.atol, "rtol": config.rtol,
-            "max_abs_diff": parity, "bytes": path.stat().st_size}
+            "max_abs_diff": parity, "bytes": path.stat().st_size,
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,21 @@ def external_transfer_set(given: MemberPredictions, data: Dataset, config: RunCo
     return TransferSet(X, teacher, y, labelled, key, summary)
 
 
+def machine() -> dict[str, Any]:
+    """What decides training's floating-point results besides the code and the config: runs on
+    the same CPU model, torch build and thread count reproduce a model bit for bit."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "arch": platform.machine(), "torch": torch.__version__,
+            "threads": torch.get_num_threads()}
+
+
 def near_transfer(data: Dataset, transfer: TransferSet) -> dict[str, str]:
     """OOD sets drawn like a part of the transfer set: the student was distilled on inputs of
     their kind, so their figures say little about inputs of a kind it never saw."""
@@ -168,6 +184,7 @@ def run_pipeline(config: RunConfig, repository: Path | None, stop_after: str = "
         report["transfer"] = {**trained.transfer.summary, "ood_values_inside_transfer_range": {
             name: transfer_range_share(trained.transfer.X, X) for name, X in data.ood.items()},
             "near_transfer_ood_sets": near_transfer(data, trained.transfer)}
+        report["machine"] = machine()
         report.update(name=config.name, config=config.to_dict(), created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                       device=str(rt.device), world_size=rt.world_size)
 

@@ -79,13 +79,22 @@ def _goal_name(key: str) -> str:
     return key
 
 
+def _provenance(report: dict[str, Any]) -> str:
+    """Where the figures come from: the machine that decides training's floating-point
+    results, and the model file they describe."""
+    m = report.get("machine") or {}
+    sha = ((report.get("export") or {}).get("model.onnx") or {}).get("sha256", "")
+    return (f"Trained on {report['device']} ({m.get('cpu', '?')}, {m.get('arch', '?')}, torch "
+            f"{m.get('torch', '?')}, {m.get('threads', '?')} threads); `model.onnx` sha256 "
+            f"`{sha[:16]}`.")
+
+
 def render_classification(report: dict[str, Any]) -> str:
     """Test-set quality, the goals, the OOD flag rates and how near-transfer each OOD set is."""
     models = [m for m in ("ensemble", "kd", "hydra") if m in report["test"]]
     names = {"ensemble": f"ensemble ({report['config']['ensemble']['members']} members)",
              "kd": "KD student", "hydra": "Hydra"}
-    lines = [f"Test set: {report['splits']['test']} rows, never trained on; device "
-             f"{report['device']}.", ""]
+    lines = [f"Test set: {report['splits']['test']} rows, never trained on. {_provenance(report)}", ""]
     lines += _table(["model", "accuracy", "NLL", "ECE", "Brier"],
                     [[names[m], *(_f(report["test"][m][k], 4) for k in ("accuracy", "nll", "ece", "brier"))]
                      for m in models])

@@ -13,29 +13,6 @@ from training.pipeline import run_pipeline
 from training.results import SECTIONS, ResultsError, render, replace_section, section_text
 
 ROOT = Path(__file__).resolve().parents[2]
-NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-
-
-def numbers_close(a: str, b: str) -> list[str]:
-    """Where two renderings differ: text apart from numbers must be equal, numbers close.
-
-    Training is deterministic on one machine; another CPU may round a last digit otherwise,
-    while a stale table differs by far more than this.
-    """
-    if NUMBER.sub("#", a) != NUMBER.sub("#", b):
-        return ["the text around the numbers differs"]
-    problems = []
-    for x, y in zip(NUMBER.findall(a), NUMBER.findall(b)):
-        fx, fy = float(x), float(y)
-        if abs(fx - fy) > 0.006 + 0.02 * max(abs(fx), abs(fy)):
-            problems.append(f"{x} != {y}")
-    return problems
-
-
-def test_numbers_close_catches_a_stale_figure() -> None:
-    assert numbers_close("| ρ | 0.906 |", "| ρ | 0.907 |") == []
-    assert numbers_close("| ρ | 0.906 |", "| ρ | 0.865 |") == ["0.906 != 0.865"]
-    assert numbers_close("| ρ | 0.906 |", "| rho | 0.906 |") == ["the text around the numbers differs"]
 
 
 def test_sections_are_replaced_between_markers_only() -> None:
@@ -79,15 +56,26 @@ def test_check_mode_fails_on_a_stale_section(tmp_path: Path, capsys: pytest.Capt
     assert "hand-typed" not in readme.read_text()
 
 
+PROVENANCE = re.compile(r"Trained on (.*?); `model.onnx` sha256 `([0-9a-f]*)`")
+
+
 @pytest.mark.slow
 def test_readme_digits_table_is_what_a_fresh_make_train_gives(tmp_path: Path) -> None:
+    """Training is deterministic for one CPU model, torch build and thread count: there the
+    README's section must be exactly what a fresh run renders. Elsewhere the floating-point
+    results (and so every figure) legitimately differ, and the comparison cannot be made."""
     config = load_config(ROOT / "configs" / "digits.toml", [f'runs_dir="{tmp_path / "runs"}"'])
     run_pipeline(config, tmp_path / "models")
     readme = (ROOT / "README.md").read_text()
+    digits = next(s for s in SECTIONS if s.name == "digits")
+    fresh = render(digits, tmp_path / "models", ROOT)
+    recorded = PROVENANCE.search(section_text(readme, "digits"))
+    now = PROVENANCE.search(fresh)
+    assert recorded is not None and now is not None
+    if recorded.group(1) != now.group(1):
+        pytest.skip(f"the README's figures come from {recorded.group(1)}; this is {now.group(1)}")
     for section in SECTIONS:
-        if section.name not in ("digits", "serving"):
-            continue
-        fresh = render(section, tmp_path / "models", ROOT)
-        assert numbers_close(section_text(readme, section.name), fresh) == [], (
-            f"README's {section.name} section differs from a fresh training run; run `make train` "
-            "then `.venv/bin/hydra-train results`")
+        if section.name in ("digits", "serving"):
+            assert section_text(readme, section.name) == render(section, tmp_path / "models", ROOT), (
+                f"README's {section.name} section differs from a fresh training run: run `make "
+                "train`, then `.venv/bin/hydra-train results`")
