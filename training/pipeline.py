@@ -117,14 +117,18 @@ def machine() -> dict[str, Any]:
     """What decides training's floating-point results besides the code and the config: runs on
     the same CPU model, torch build and thread count reproduce a model bit for bit."""
     cpu = platform.processor() or platform.machine()
+    flags: set[str] = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return {"cpu": cpu, "arch": platform.machine(), "torch": torch.__version__,
+    # The vector instruction sets decide which kernels torch picks, and so the rounding.
+    isa = sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
+    return {"cpu": cpu, "arch": platform.machine(), "isa": " ".join(isa), "torch": torch.__version__,
             "threads": torch.get_num_threads()}
 
 

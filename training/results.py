@@ -84,9 +84,9 @@ def _provenance(report: dict[str, Any]) -> str:
     results, and the model file they describe."""
     m = report.get("machine") or {}
     sha = ((report.get("export") or {}).get("model.onnx") or {}).get("sha256", "")
-    return (f"Trained on {report['device']} ({m.get('cpu', '?')}, {m.get('arch', '?')}, torch "
-            f"{m.get('torch', '?')}, {m.get('threads', '?')} threads); `model.onnx` sha256 "
-            f"`{sha[:16]}`.")
+    return (f"Trained on {report['device']} ({m.get('cpu', '?')}, {m.get('arch', '?')} with "
+            f"{m.get('isa') or 'no'} vector extensions, torch {m.get('torch', '?')}, "
+            f"{m.get('threads', '?')} threads); `model.onnx` sha256 `{sha[:16]}`.")
 
 
 def render_classification(report: dict[str, Any]) -> str:
