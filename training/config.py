@@ -72,6 +72,11 @@ class EnsembleConfig:
     # Optional .npz with the members' predictions on the transfer set (logits [N, M, C], or
     # for regression mean and var [N, M, D]) plus X; replaces training members.
     predictions: str = ""
+    # Or the members themselves as ONNX files (one per member; see training.onnx_members):
+    # teacher outputs are then computed on the whole transfer set.
+    models: tuple[str, ...] = ()
+    # What a member ONNX file's classification output holds: logits | probabilities.
+    member_output: str = "logits"
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
@@ -233,6 +238,9 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"model name (the config's name) must match {MODEL_NAME.pattern}, got "
                           f"{config.name!r}")
     positive(config.ensemble.members, "ensemble.members")
+    if config.ensemble.predictions and config.ensemble.models:
+        raise ConfigError("give the ensemble either as ensemble.predictions or as ensemble.models, "
+                          "not both")
     positive(config.distill.temperature, "distill.temperature")
     for name in ("ensemble.optim", "distill.phase1", "distill.phase2"):
         section, sub = name.split(".")

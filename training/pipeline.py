@@ -26,6 +26,7 @@ from training.ensemble import MemberPredictions, load_member_predictions, train_
 from training.evaluate import Outputs, evaluate, parameter_counts
 from training.export import calibrate, export_checked
 from training.networks import Ensemble, HydraNet
+from training.onnx_members import OnnxEnsemble, load_onnx_members, parameter_count
 from training.publish import publish
 from training.report import write_report
 from training.runtime import Runtime, config_key, predict, setup_runtime, teardown_runtime
@@ -39,26 +40,41 @@ STAGES = ("ensemble", "distill", "evaluate", "export")
 @dataclass
 class Trained:
     data: Dataset
-    teacher: Ensemble | None
+    teacher: Ensemble | OnnxEnsemble | None
     kd: HydraNet
     hydra: HydraNet
     transfer: TransferSet
 
 
-def teachers(config: RunConfig, data: Dataset, rt: Runtime, run_dir: Path) -> tuple[Ensemble | None, TransferSet]:
+def teachers(config: RunConfig, data: Dataset, rt: Runtime,
+             run_dir: Path) -> tuple[Ensemble | OnnxEnsemble | None, TransferSet]:
     """The ensemble (None for a user's member predictions) and the transfer set it labels."""
     if config.ensemble.predictions:
         given = load_member_predictions(Path(config.ensemble.predictions), data, config.ensemble.members)
         return None, external_transfer_set(given, data, config)
-    ensemble = train_ensemble(config, data, rt, run_dir)
+    ensemble: Ensemble | OnnxEnsemble
+    if config.ensemble.models:
+        ensemble = load_onnx_members(config.ensemble.models, data, config.ensemble.members,
+                                     config.ensemble.member_output)
+        source = "member ONNX files"
+        members_key = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in config.ensemble.models]
+    else:
+        ensemble = train_ensemble(config, data, rt, run_dir)
+        source, members_key = "members trained here", []
     X, original = build_transfer_inputs(data.train.X, ensemble, config.distill.transfer, rt)
     outputs = predict(ensemble, torch.as_tensor(X), rt).numpy()
     y = np.zeros((len(X), *data.train.y.shape[1:]), dtype=data.train.y.dtype)
     y[original] = data.train.y
-    summary = {"source": "members trained here", "rows": int(len(X)),
-               "training_rows": int(original.sum()), "added_rows": int((~original).sum()),
-               "uniform_rows": int(round(config.distill.transfer.uniform_fraction * len(data.train)))}
-    key = config_key(config.ensemble, config.distill.transfer, data.digest())
+    summary: dict[str, Any] = {
+        "source": source, "rows": int(len(X)),
+        "training_rows": int(original.sum()), "added_rows": int((~original).sum()),
+        "uniform_rows": int(round(config.distill.transfer.uniform_fraction * len(data.train)))}
+    if isinstance(ensemble, OnnxEnsemble) and config.distill.transfer.perturb_steps > 0:
+        summary["ignored_settings"] = ["distill.transfer.perturb_steps (no gradients through ONNX Runtime)"]
+        log.warning("member ONNX files: distill.transfer.perturb_steps cannot apply (no gradients "
+                    "through ONNX Runtime): ignored")
+    parts = (config.ensemble, config.distill.transfer, data.digest(), *members_key)
+    key = config_key(*parts)
     return ensemble, TransferSet(X, outputs, y, original, key, summary)
 
 
@@ -178,7 +194,13 @@ def run_pipeline(config: RunConfig, repository: Path | None, stop_after: str = "
         models: dict[str, nn.Module] = {"kd": trained.kd, "hydra": trained.hydra}
         if teacher is not None:
             models["ensemble"] = teacher
-        params = parameter_counts(teacher.members[0] if teacher else None, teacher, trained.kd, trained.hydra)
+        if isinstance(teacher, OnnxEnsemble):
+            params = parameter_counts(None, None, trained.kd, trained.hydra)
+            per_member = [parameter_count(p) for p in teacher.paths]
+            params.update(member=per_member[0], ensemble=sum(per_member))
+        else:
+            params = parameter_counts(teacher.members[0] if teacher else None, teacher, trained.kd,
+                                      trained.hydra)
         report, outputs = evaluate(data, models, rt, params)
         summary = {"name": config.name, "data": data.name, "members": trained.hydra.num_heads,
                    "transfer_size": len(trained.transfer), "body": config.model.body,
@@ -195,7 +217,7 @@ def run_pipeline(config: RunConfig, repository: Path | None, stop_after: str = "
         def write(folder: Path) -> None:
             report["export"] = {}
             to_export: dict[str, tuple[nn.Module, str]] = {"model.onnx": (trained.hydra, "hydra")}
-            if teacher is not None:
+            if isinstance(teacher, Ensemble):  # members given as files are the user's to keep
                 to_export["ensemble.onnx"] = (teacher, "ensemble")
             for filename, (net, kind) in to_export.items():
                 meta = _metadata(config, data, kind, net.num_heads, outputs[kind]["calibration"],

@@ -17,6 +17,7 @@ import torch
 
 from training.config import TransferConfig
 from training.networks import Ensemble
+from training.onnx_members import OnnxEnsemble
 from training.runtime import Runtime
 from training.uncertainty import derived_outputs
 
@@ -75,15 +76,20 @@ def _disagreement_ascent(teacher: Ensemble, z: torch.Tensor, cfg: TransferConfig
     return torch.cat(out)
 
 
-def build_transfer_inputs(X_train: np.ndarray, teacher: Ensemble, cfg: TransferConfig,
+def build_transfer_inputs(X_train: np.ndarray, teacher: Ensemble | OnnxEnsemble, cfg: TransferConfig,
                           rt: Runtime) -> tuple[np.ndarray, np.ndarray]:
     """Raw transfer inputs [N', *feature_shape] and a mask [N'] of the original training rows."""
     rng = np.random.default_rng(cfg.seed)
     n = X_train.shape[0]
     shape = X_train.shape[1:]
     flat = X_train.reshape(n, -1)
-    mean = teacher.members[0].x_mean.cpu().numpy()
-    std = teacher.members[0].x_std.cpu().numpy()
+    if hasattr(teacher, "members"):  # members trained here: their own normalization
+        mean = teacher.members[0].x_mean.cpu().numpy()
+        std = teacher.members[0].x_std.cpu().numpy()
+    else:  # members given as files: the training rows' statistics
+        mean, std = teacher.x_mean, teacher.x_std
+    # The ascent needs gradients through the members, which ONNX Runtime does not give.
+    ascent = cfg.perturb_steps > 0 and hasattr(teacher, "forward_normalized")
     parts = [flat]
     for _ in range(cfg.copies if (cfg.noise_std > 0 or cfg.mixup_alpha > 0 or cfg.perturb_steps > 0) else 0):
         z = (flat - mean) / std  # [n, d]
@@ -92,7 +98,7 @@ def build_transfer_inputs(X_train: np.ndarray, teacher: Ensemble, cfg: TransferC
             z = lam * z + (1 - lam) * z[rng.permutation(n)]
         if cfg.noise_std > 0:
             z = z + rng.normal(0.0, cfg.noise_std, size=z.shape)
-        if cfg.perturb_steps > 0:
+        if ascent:
             z = _disagreement_ascent(teacher, torch.as_tensor(z, dtype=torch.float32), cfg, rt).numpy()
         parts.append(z * std + mean)
     if cfg.uniform_fraction > 0:
