@@ -43,10 +43,14 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    # Registered body (mlp | cnn) and head (linear | mlp) names; see training.networks.
+    # Registered body (mlp | cnn | resnet) and head (linear | mlp | block) names; see
+    # training.networks.
     body: str = "mlp"
     hidden: tuple[int, ...] = (256, 256)
+    # CNN conv layers, or ResNet stage widths.
     channels: tuple[int, ...] = (32, 64)
+    # ResNet: basic blocks per stage (one entry per entry of channels).
+    blocks: tuple[int, ...] = (2, 2)
     # For the CNN body: how to view a flat feature vector as an image (C, H, W).
     image_shape: tuple[int, ...] = ()
     head: str = "linear"

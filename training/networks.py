@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from training.config import ConfigError, ModelConfig
+from training.resnet import BlockHeadBank, ResNetBody
 
 # Regression variances never go below this (in target units squared, times the target scale).
 MIN_VARIANCE = 1e-6
@@ -92,6 +93,10 @@ BODIES: dict[str, Callable[[ModelConfig, NetSpec], nn.Module]] = {
     "cnn": lambda cfg, spec: CNNBody(
         cfg.image_shape or spec.feature_shape, cfg.channels, cfg.hidden, cfg.dropout,
         math.prod(spec.feature_shape)),
+    # With block heads the body stops before its last residual block (the heads copy it).
+    "resnet": lambda cfg, spec: ResNetBody(
+        cfg.image_shape or spec.feature_shape, math.prod(spec.feature_shape), cfg.channels,
+        cfg.blocks, keep_last_block=cfg.head != "block"),
 }
 
 
@@ -129,6 +134,13 @@ class HeadBank(nn.Module):
         return bank.to(self.weights[0].device)
 
 
+HEADS: dict[str, Callable[[ModelConfig, NetSpec, nn.Module, int], nn.Module]] = {
+    "linear": lambda cfg, spec, body, m: HeadBank(m, body.out_features, spec.head_out, 0),
+    "mlp": lambda cfg, spec, body, m: HeadBank(m, body.out_features, spec.head_out, cfg.head_hidden),
+    "block": lambda cfg, spec, body, m: BlockHeadBank(m, body.out_features, spec.head_out),
+}
+
+
 # ---------------------------------------------------------------------------------- network
 
 class HydraNet(nn.Module):
@@ -142,12 +154,14 @@ class HydraNet(nn.Module):
         super().__init__()
         if cfg.body not in BODIES:
             raise ConfigError(f"unknown model.body {cfg.body!r}; registered: {sorted(BODIES)}")
-        if cfg.head not in ("linear", "mlp"):
-            raise ConfigError(f"unknown model.head {cfg.head!r}; registered: ['linear', 'mlp']")
+        if cfg.head not in HEADS:
+            raise ConfigError(f"unknown model.head {cfg.head!r}; registered: {sorted(HEADS)}")
+        if cfg.head == "block" and cfg.body != "resnet":
+            raise ConfigError(f"model.head = \"block\" copies the last residual block: it needs "
+                              f"model.body = \"resnet\", got {cfg.body!r}")
         self.spec = spec
         self.body = BODIES[cfg.body](cfg, spec)
-        self.heads = HeadBank(num_heads, self.body.out_features, spec.head_out,
-                              cfg.head_hidden if cfg.head == "mlp" else 0)
+        self.heads = HEADS[cfg.head](cfg, spec, self.body, num_heads)
         d = math.prod(spec.feature_shape)
         self.register_buffer("x_mean", torch.zeros(d))
         self.register_buffer("x_std", torch.ones(d))

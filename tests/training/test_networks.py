@@ -56,5 +56,5 @@ def test_cnn_body_and_regression_shapes() -> None:
 
 
 def test_unknown_body_is_named() -> None:
-    with pytest.raises(ConfigError, match=r"unknown model.body 'resnet'; registered: \['cnn', 'mlp'\]"):
-        HydraNet(ModelConfig(body="resnet"), SPEC, 1)
+    with pytest.raises(ConfigError, match=r"unknown model.body 'vit'; registered: \['cnn', 'mlp', 'resnet'\]"):
+        HydraNet(ModelConfig(body="vit"), SPEC, 1)
