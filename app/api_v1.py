@@ -146,6 +146,7 @@ async def model_status(name: str, repo: RepositoryDep) -> dict[str, Any]:
         "version": str(model.version),
         "versions": [str(v) for v in repo.versions(name)],
         "provider": model.provider,
+        **({"parity_with_cpu": model.parity} if model.parity is not None else {}),
         "sha256": model.sha256,
         "input_shape": model.input_shape,
         "metadata": model.meta.summary(),

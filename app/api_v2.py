@@ -68,6 +68,8 @@ def _metadata(served: ServedModel, versions: list[int]) -> dict[str, Any]:
         "parameters": {
             "version": str(model.version),
             "provider": model.provider,
+            # On an accelerator: largest |difference| from the CPU provider per output at load.
+            **({"parity_with_cpu": model.parity} if model.parity is not None else {}),
             "sha256": model.sha256,
             "hydra": model.meta.summary(),
         },

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,9 @@ class LoadedModel:
     meta: ModelMetadata
     session: ort.InferenceSession
     provider: str
+    # On an accelerator: the largest |difference| from the CPU provider on a probe batch, per
+    # output (None on the CPU provider itself).
+    parity: dict[str, float] | None = None
 
     @property
     def input_shape(self) -> list[int]:
@@ -71,6 +74,35 @@ def session_options(intra_op_threads: int = 0) -> ort.SessionOptions:
     return opts
 
 
+ProviderSpec = str | tuple[str, dict[str, str]]
+
+
+def provider_specs(providers: list[str], cuda_tf32: bool = False) -> list[ProviderSpec]:
+    """ONNX Runtime's provider list with our options. The CUDA provider computes float32
+    matrix products in TF32 by default, which moves head log-probabilities by about 1e-2 and
+    can flip a head's argmax; off unless asked for, so CUDA and CPU agree to float32 rounding."""
+    return [(p, {"use_tf32": "1" if cuda_tf32 else "0"}) if p == "CUDAExecutionProvider" else p
+            for p in providers]
+
+
+PARITY_ROWS = 16
+
+
+def measure_parity(data: bytes, session: ort.InferenceSession, meta: ModelMetadata,
+                   intra_op_threads: int = 0) -> dict[str, float]:
+    """Largest |difference| per graph output between ``session`` and a CPU session of the same
+    bytes, on a fixed probe batch (spread over the raw input range of typical features)."""
+    cpu = ort.InferenceSession(data, sess_options=session_options(intra_op_threads),
+                               providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.0, 16.0, size=(PARITY_ROWS, *meta.feature_shape)).astype(np.float32)
+    names = meta.output_names
+    got = session.run(names, {INPUT_NAME: x})
+    want = cpu.run(names, {INPUT_NAME: x})
+    return {n: float(np.max(np.abs(g.astype(np.float64) - w))) if g.size else 0.0
+            for n, g, w in zip(names, got, want)}
+
+
 def load_model(
     name: str,
     version: int,
@@ -78,12 +110,14 @@ def load_model(
     *,
     providers: list[str],
     intra_op_threads: int = 0,
+    cuda_tf32: bool = False,
 ) -> LoadedModel:
     """Read, check and warm up one model file. Raises ContractError with what was wrong."""
     data = path.read_bytes()  # one read: a file replaced meanwhile cannot mix two versions
     try:
         session = ort.InferenceSession(
-            data, sess_options=session_options(intra_op_threads), providers=providers
+            data, sess_options=session_options(intra_op_threads),
+            providers=provider_specs(providers, cuda_tf32),
         )
     except Exception as exc:  # ORT raises its own exception types for any unreadable file
         raise ContractError(f"ONNX Runtime cannot load {path.name}: {exc}") from exc
@@ -100,6 +134,16 @@ def load_model(
         provider=active[0] if active else "unknown",
     )
     warm_up(model)
+    if model.provider != "CPUExecutionProvider":
+        try:
+            parity = measure_parity(data, session, meta, intra_op_threads)
+        except Exception as exc:  # the CPU reference failing is a broken file, like warm-up
+            raise ContractError(f"parity check against the CPU provider failed: {exc}") from exc
+        worst = max(parity.values(), default=0.0)
+        logger.info("model %s version %s on %s: largest difference from the CPU provider %.2g",
+                    name, version, model.provider, worst,
+                    extra={"model": name, "version": version, "event": "provider_parity"})
+        model = replace(model, parity=parity)
     return model
 
 

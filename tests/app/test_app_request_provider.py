@@ -1,0 +1,47 @@
+"""Accelerator settings: TF32 off in the CUDA provider unless asked for, and the parity check
+against the CPU provider that a model on an accelerator gets at load."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+from app.runtime import measure_parity, provider_specs, session_options
+from tests.app.contract_models import BuiltModel
+
+
+def test_tf32_is_off_in_the_cuda_provider_unless_asked_for() -> None:
+    assert provider_specs(["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
+        ("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
+    assert provider_specs(["CUDAExecutionProvider"], cuda_tf32=True) == [
+        ("CUDAExecutionProvider", {"use_tf32": "1"})]
+    assert provider_specs(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+
+
+def test_parity_is_measured_per_output_against_the_cpu_provider(classifier: BuiltModel,
+                                                                 classifier_b: BuiltModel) -> None:
+    session = ort.InferenceSession(classifier.data, sess_options=session_options(),
+                                   providers=["CPUExecutionProvider"])
+    parity = measure_parity(classifier.data, session, classifier.meta)
+    assert set(parity) == set(classifier.meta.output_names)
+    assert max(parity.values()) == 0.0  # the same provider and bytes: identical
+    # A session computing something else (here another model's weights) is seen per output.
+    other = ort.InferenceSession(classifier_b.data, providers=["CPUExecutionProvider"])
+    differences = measure_parity(classifier.data, other, classifier.meta)
+    assert differences["mean_probs"] > 1e-3 and all(np.isfinite(v) for v in differences.values())
+
+
+def test_parity_is_shown_in_metadata_only_on_an_accelerator(repo, classifier: BuiltModel) -> None:  # noqa: ANN001
+    from dataclasses import replace
+
+    from tests.app.servekit import make_settings, serve
+
+    with serve(make_settings(repo)) as (client, app, _):
+        assert "parity_with_cpu" not in client.get("/v2/models/digits").json()["parameters"]
+        # As a model loaded on an accelerator would be: its parity shows in both APIs.
+        repository = app.state.repository
+        served = repository.get("digits")
+        parity = {name: 1e-6 for name in classifier.meta.output_names}
+        object.__setattr__(served, "model", replace(served.model, parity=parity))
+        assert client.get("/v2/models/digits").json()["parameters"]["parity_with_cpu"] == parity
+        assert client.get("/v1/models/digits").json()["parity_with_cpu"] == parity
