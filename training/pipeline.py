@@ -211,6 +211,8 @@ def run_pipeline(config: RunConfig, repository: Path | None, stop_after: str = "
             name: transfer_range_share(trained.transfer.X, X) for name, X in data.ood.items()},
             "near_transfer_ood_sets": near_transfer(data, trained.transfer)}
         report["machine"] = machine()
+        # Stages loaded from a finished checkpoint were not fitted in this run: not listed.
+        report["training_samples_per_s"] = {k: round(v, 1) for k, v in rt.throughput.items()}
         report.update(name=config.name, config=config.to_dict(), created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                       device=str(rt.device), world_size=rt.world_size)
 

@@ -51,6 +51,10 @@ def markdown(report: dict[str, Any]) -> str:
     if "member" in p:
         lines += [f"Hydra has {p['hydra'] / p['member']:.2f}x the parameters of one member "
                   f"and {p['hydra'] / p['ensemble']:.3f}x those of the ensemble.", ""]
+    if report.get("training_samples_per_s"):
+        lines += ["## Training throughput", "", f"On {report.get('device', '?')} (world size "
+                  f"{report.get('world_size', 1)}); stages loaded from a checkpoint are not listed.", ""]
+        lines += _table(["stage", "samples/s"], [[k, v] for k, v in report["training_samples_per_s"].items()])
     if "goals" in report and report["goals"]:
         lines += ["## Goals", ""]
         lines += _table(["goal", "value", "target", "met"],

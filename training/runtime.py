@@ -14,8 +14,9 @@ import logging
 import math
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ class Runtime:
     device: torch.device
     rank: int = 0
     world_size: int = 1
+    # Training throughput per fitted stage (samples/s, all ranks together), for the report.
+    throughput: dict[str, float] = field(default_factory=dict, compare=False)
 
     @property
     def is_main(self) -> bool:
@@ -163,6 +166,7 @@ def fit(model: nn.Module, tensors: tuple[torch.Tensor, ...], loss_fn: LossFn, op
             model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     bar = tqdm(total=epochs, initial=start, desc=desc, unit="ep", disable=not rt.is_main,
                file=sys.stderr, mininterval=1.0, dynamic_ncols=True, leave=True)
+    seen, started = 0, time.perf_counter()
     for epoch in range(start, epochs):
         model.train()
         total, count = 0.0, 0
@@ -177,6 +181,7 @@ def fit(model: nn.Module, tensors: tuple[torch.Tensor, ...], loss_fn: LossFn, op
             total += float(loss.detach()) * batch[0].shape[0]
             count += batch[0].shape[0]
         sched.step()
+        seen += count
         bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
         bar.update(1)
         if checkpoint is not None and rt.is_main:
@@ -184,6 +189,10 @@ def fit(model: nn.Module, tensors: tuple[torch.Tensor, ...], loss_fn: LossFn, op
                          "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, checkpoint)
         rt.barrier()
     bar.close()
+    elapsed = time.perf_counter() - started
+    if seen and elapsed > 0:
+        rt.throughput[desc] = seen * rt.world_size / elapsed
+        log.info("%s: %.0f samples/s", desc, rt.throughput[desc])
     model.eval()
     return model
 

@@ -29,6 +29,8 @@ def test_tiny_pipeline_publishes_versions(tiny_config: RunConfig, tmp_path: Path
     assert report["parameters"]["ensemble"] == 3 * report["parameters"]["member"]
     assert len(report["per_head"]["hydra"]["accuracy"]) == 3
     assert set(report["ood_detection"]) == {"photo_patches", "inverted_digits", "uniform_noise"}
+    assert {"member 1/3", "member 3/3", "hydra phase 1", "hydra phase 2"} <= set(report["training_samples_per_s"])
+    assert "## Training throughput" in (first / "report.md").read_text()
 
     session = ort.InferenceSession(str(first / "model.onnx"), providers=["CPUExecutionProvider"])
     meta = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map)

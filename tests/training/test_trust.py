@@ -261,3 +261,15 @@ def test_uniform_noise_is_reported_near_transfer_only_with_uniform_inputs() -> N
     assert near_transfer(data, base) == {}
     with_uniform = replace(base, summary={"uniform_rows": 100})
     assert list(near_transfer(data, with_uniform)) == ["uniform_noise"]
+
+
+def test_fit_reports_its_throughput() -> None:
+    from training.config import OptimConfig
+    from training.runtime import fit
+
+    net = HydraNet(ModelConfig(hidden=(8,)), NetSpec("classification", (3,), 2), 1)
+    rt = Runtime(torch.device("cpu"))
+    X, y = torch.randn(40, 3), torch.randint(0, 2, (40,))
+    fit(net, (X, y), lambda model, batch: torch.nn.functional.cross_entropy(model(batch[0])[:, 0], batch[1]),
+        OptimConfig(epochs=2, batch_size=16), rt, checkpoint=None, key="k", desc="stage", seed=0)
+    assert set(rt.throughput) == {"stage"} and rt.throughput["stage"] > 0
