@@ -25,7 +25,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    # digits | diabetes | npz | csv
+    # digits | digits32 | diabetes | npz | csv | folder (class sub-folders of image files)
     source: str = "digits"
     path: str = ""
     ood_path: str = ""
@@ -33,6 +33,10 @@ class DataConfig:
     target: str = "target"
     # classification | regression; taken from the source when empty.
     task: str = ""
+    # Image folders: every image is resized to [height, width] (empty: all must share one
+    # size) and read with this many channels (1 grey, 3 RGB).
+    image_size: tuple[int, ...] = ()
+    channels: int = 3
     calibration_fraction: float = 0.2
     test_fraction: float = 0.2
     seed: int = 0

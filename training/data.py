@@ -304,7 +304,7 @@ def _tabular(name: str, X: Array, y: np.ndarray, task: str, config: DataConfig,
         # Far outside the training range in every feature: an extrapolation set.
         spread = X[tr].std(axis=0, keepdims=True) + 1e-6
         rng = np.random.default_rng(seed + 1)
-        signs = rng.choice([-1.0, 1.0], size=(len(te), X.shape[1]))
+        signs = rng.choice([-1.0, 1.0], size=(len(te), *X.shape[1:]))
         ood = {"extrapolation": (X[te] + 4.0 * spread * signs).astype(np.float32)}
     shift = {
         float(s): Split(_regression_shift(X[te], s, seed + 2), y[te])
@@ -383,6 +383,75 @@ def _read_file(path: Path, target: str) -> tuple[np.ndarray, np.ndarray | None]:
     raise DataError(f"{path}: expected a .npz (arrays X, y) or .csv file")
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def _read_images(files: list[Path], config: DataConfig, where: str) -> Array:
+    """[N, C, H, W] float32 pixel values 0-255; every file resized to ``data.image_size`` or
+    required to share one size."""
+    from PIL import Image, UnidentifiedImageError
+
+    if config.channels not in (1, 3):
+        raise DataError(f"data.channels must be 1 (grey) or 3 (RGB), got {config.channels}")
+    if config.image_size and len(config.image_size) != 2:
+        raise DataError(f"data.image_size must be [height, width], got {list(config.image_size)}")
+    mode = "L" if config.channels == 1 else "RGB"
+    out: Array | None = None
+    for i, file in enumerate(files):
+        try:
+            with Image.open(file) as img:
+                img = img.convert(mode)
+                if config.image_size:
+                    img = img.resize((config.image_size[1], config.image_size[0]), Image.BILINEAR)
+                pixels = np.asarray(img, dtype=np.float32)
+        except (OSError, UnidentifiedImageError) as exc:
+            raise DataError(f"{file}: not an image that can be read: {exc}") from exc
+        pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)  # [C, H, W]
+        if out is None:
+            out = np.empty((len(files), *pixels.shape), dtype=np.float32)
+        elif pixels.shape != out.shape[1:]:
+            raise DataError(f"{file}: {pixels.shape[2]}x{pixels.shape[1]} pixels, the first image of "
+                            f"{where} has {out.shape[3]}x{out.shape[2]}; set data.image_size = "
+                            "[height, width] to resize them all")
+        out[i] = pixels
+    if out is None:
+        raise DataError(f"{where}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+    return out
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _folder(config: DataConfig) -> Dataset:
+    """Images as users keep them: ``path/<class name>/<image files>``."""
+    root = Path(config.path)
+    if not root.is_dir():
+        raise DataError(f"data.path {root} is not a folder of class sub-folders")
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files, labels = [], []
+    for folder in classes:
+        found = _image_files(folder)
+        files += found
+        labels += [folder.name] * len(found)
+    if len({*labels}) < 2:
+        raise DataError(f"{root}: expected at least 2 class sub-folders holding image files, found "
+                        f"{len({*labels})}")
+    X = _read_images(files, config, str(root))
+    task, y, names = encode_labels(np.array(labels), config.task or "classification", str(root))
+    X, y = check_arrays(X, y, task, str(root))
+    ood: dict[str, Array] = {}
+    if config.ood_path:
+        X_ood = _read_images(_image_files(Path(config.ood_path)), config, config.ood_path)
+        if X_ood.shape[1:] != X.shape[1:]:
+            raise DataError(f"{config.ood_path}: images of shape {list(X_ood.shape[1:])}, expected "
+                            f"{list(X.shape[1:])} like the training images")
+        ood = {Path(config.ood_path).name + "_ood": X_ood}
+    data = _tabular(root.name, X, y, task, config, names, ood)
+    return replace(data, preprocessing={"input": f"image [{X.shape[1]}, {X.shape[2]}, {X.shape[3]}] "
+                                                 "(channels, height, width), pixel values 0-255"})
+
+
 def _user(config: DataConfig) -> Dataset:
     path = Path(config.path)
     X, y = _read_file(path, config.target)
@@ -448,7 +517,10 @@ def load_dataset(config: DataConfig) -> Dataset:
         return _tabular("diabetes", X, y, "regression", config, (), {})
     if config.source in ("npz", "csv", "file"):
         return _user(config)
-    raise DataError(f"data.source must be digits, digits32, diabetes, npz or csv, got {config.source!r}")
+    if config.source == "folder":
+        return _folder(config)
+    raise DataError(f"data.source must be digits, digits32, diabetes, npz, csv or folder, got "
+                    f"{config.source!r}")
 
 
 def value_resolution(X: Array, max_rows: int = 20000, max_decimals: int = 6) -> Array:

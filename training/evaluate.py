@@ -143,6 +143,14 @@ def _fidelity(outputs: dict[str, dict[str, Outputs]], student: str, splits: list
     return result
 
 
+def _ratio(a: float, b: float) -> float | None:
+    """a / b; 1 when both are 0 (an ensemble and a Hydra both perfect), undefined (None) when
+    only b is (an NLL of 0 happens when every test probability rounds to 1 in float32)."""
+    if b > 0:
+        return a / b
+    return 1.0 if a == 0 else None
+
+
 def check_goals(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Each goal with its measured value and whether it is met (classification only)."""
     if report["task"] != "classification":
@@ -156,7 +164,7 @@ def check_goals(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
     goal("accuracy_gap_points", 100 * (test["ensemble"]["accuracy"] - test["hydra"]["accuracy"]),
          GOALS["accuracy_gap_points"], False)
-    goal("nll_ratio", test["hydra"]["nll"] / test["ensemble"]["nll"], GOALS["nll_ratio"], False)
+    goal("nll_ratio", _ratio(test["hydra"]["nll"], test["ensemble"]["nll"]), GOALS["nll_ratio"], False)
     fid = report["fidelity"]["hydra"]
     goal("spearman_model_test", fid["test"]["model"]["spearman"], GOALS["spearman_model_test"], True)
     for split in fid:

@@ -273,3 +273,11 @@ def test_fit_reports_its_throughput() -> None:
     fit(net, (X, y), lambda model, batch: torch.nn.functional.cross_entropy(model(batch[0])[:, 0], batch[1]),
         OptimConfig(epochs=2, batch_size=16), rt, checkpoint=None, key="k", desc="stage", seed=0)
     assert set(rt.throughput) == {"stage"} and rt.throughput["stage"] > 0
+
+
+def test_goals_survive_a_perfect_ensemble() -> None:
+    from training.evaluate import _ratio
+
+    assert _ratio(0.2, 0.1) == pytest.approx(2.0)
+    assert _ratio(0.0, 0.0) == 1.0  # both perfect on the test set
+    assert _ratio(0.1, 0.0) is None  # undefined, reported as such, never a crash
