@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -134,14 +135,20 @@ def machine() -> dict[str, Any]:
     the same CPU model, torch build and thread count reproduce a model bit for bit."""
     cpu = platform.processor() or platform.machine()
     flags: set[str] = set()
+    info: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "cpu family", "model", "cache size") and key not in info:
+                info[key] = value.strip()
+            elif key == "flags" and not flags:
+                flags = set(value.split())
     except OSError:
         pass
+    if info:  # family, model and cache size decide the kernels' blocking, and so the rounding
+        cpu = (f"{info.get('model name', cpu)} family {info.get('cpu family', '?')} model "
+               f"{info.get('model', '?')}, {info.get('cache size', '?')} cache, {os.cpu_count()} CPUs")
     # The vector instruction sets decide which kernels torch picks, and so the rounding.
     isa = sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
     return {"cpu": cpu, "arch": platform.machine(), "isa": " ".join(isa), "torch": torch.__version__,
