@@ -175,7 +175,8 @@ def start_service(repo: Path, batching: bool) -> tuple[subprocess.Popen, int]:
         "HYDRA_PORT": str(port),
         "HYDRA_BATCHING": "true" if batching else "false",
         "HYDRA_QUEUE_SIZE": "1024",
-        "HYDRA_POLL_INTERVAL_S": "60",
+        # A fresh copy is loaded once it has been quiet for a poll interval: keep it short.
+        "HYDRA_POLL_INTERVAL_S": "2",
     }
     proc = subprocess.Popen([sys.executable, "-m", "app"], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
