@@ -180,7 +180,11 @@ def start_service(repo: Path, batching: bool) -> tuple[subprocess.Popen, int]:
     }
     proc = subprocess.Popen([sys.executable, "-m", "app"], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_http(port, "/v2/health/ready")
+    try:
+        _wait_http(port, "/v2/health/ready")
+    except BaseException:  # never leave a server behind
+        proc.kill()
+        raise
     return proc, port
 
 
