@@ -104,6 +104,10 @@ class TransferConfig:
     perturb_step_size: float = 0.1
     # Uniform noise inputs as a share of the training set size.
     uniform_fraction: float = 0.0
+    # Images ([C, H, W] features): each copy mirrored left-right with probability 1/2, and
+    # cropped back to size after zero-padding by this many pixels on every side.
+    flip: bool = False
+    crop_padding: int = 0
     seed: int = 0
 
 

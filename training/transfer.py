@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.config import TransferConfig
+from training.config import ConfigError, TransferConfig
 from training.networks import Ensemble
 from training.onnx_members import OnnxEnsemble
 from training.runtime import Runtime
@@ -76,6 +76,23 @@ def _disagreement_ascent(teacher: Ensemble, z: torch.Tensor, cfg: TransferConfig
     return torch.cat(out)
 
 
+def augment_images(X: np.ndarray, cfg: TransferConfig, rng: np.random.Generator) -> np.ndarray:
+    """[N, C, H, W] -> the same images, each mirrored left-right with probability 1/2 (``flip``)
+    and shifted by a random crop of the zero-padded image (``crop_padding`` pixels a side)."""
+    out = np.array(X, dtype=np.float32, copy=True)
+    n, _, h, w = out.shape
+    if cfg.flip:
+        mirrored = rng.random(n) < 0.5
+        out[mirrored] = out[mirrored][..., ::-1]
+    p = cfg.crop_padding
+    if p > 0:
+        padded = np.pad(out, ((0, 0), (0, 0), (p, p), (p, p)))
+        dy, dx = rng.integers(0, 2 * p + 1, size=(2, n))
+        for i in range(n):
+            out[i] = padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
+    return out
+
+
 def build_transfer_inputs(X_train: np.ndarray, teacher: Ensemble | OnnxEnsemble, cfg: TransferConfig,
                           rt: Runtime) -> tuple[np.ndarray, np.ndarray]:
     """Raw transfer inputs [N', *feature_shape] and a mask [N'] of the original training rows."""
@@ -90,9 +107,15 @@ def build_transfer_inputs(X_train: np.ndarray, teacher: Ensemble | OnnxEnsemble,
         mean, std = teacher.x_mean, teacher.x_std
     # The ascent needs gradients through the members, which ONNX Runtime does not give.
     ascent = cfg.perturb_steps > 0 and hasattr(teacher, "forward_normalized")
+    images = cfg.flip or cfg.crop_padding > 0
+    if images and len(shape) != 3:
+        raise ConfigError(f"distill.transfer.flip and crop_padding need image features [C, H, W], the "
+                          f"data has {list(shape)}")
     parts = [flat]
-    for _ in range(cfg.copies if (cfg.noise_std > 0 or cfg.mixup_alpha > 0 or cfg.perturb_steps > 0) else 0):
-        z = (flat - mean) / std  # [n, d]
+    copies = cfg.copies if (cfg.noise_std > 0 or cfg.mixup_alpha > 0 or cfg.perturb_steps > 0 or images) else 0
+    for _ in range(copies):
+        base = augment_images(X_train, cfg, rng).reshape(n, -1) if images else flat
+        z = (base - mean) / std  # [n, d]
         if cfg.mixup_alpha > 0:
             lam = rng.beta(cfg.mixup_alpha, cfg.mixup_alpha, size=(n, 1))
             z = lam * z + (1 - lam) * z[rng.permutation(n)]

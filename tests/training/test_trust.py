@@ -281,3 +281,19 @@ def test_goals_survive_a_perfect_ensemble() -> None:
     assert _ratio(0.2, 0.1) == pytest.approx(2.0)
     assert _ratio(0.0, 0.0) == 1.0  # both perfect on the test set
     assert _ratio(0.1, 0.0) is None  # undefined, reported as such, never a crash
+
+
+def test_image_copies_are_flipped_and_shifted_versions_of_the_originals() -> None:
+    from training.config import TransferConfig
+    from training.transfer import augment_images
+
+    X = np.zeros((200, 1, 5, 5), np.float32)
+    X[:, 0, 2, 1] = 1.0  # one bright pixel left of centre
+    rng = np.random.default_rng(0)
+    flipped = augment_images(X, TransferConfig(flip=True), rng)
+    where = [tuple(np.argwhere(img[0])[0]) for img in flipped]
+    assert set(where) == {(2, 1), (2, 3)} and 60 < where.count((2, 3)) < 140  # mirrored about half
+    shifted = augment_images(X, TransferConfig(crop_padding=1), rng)
+    moves = {(r - 2, c - 1) for img in shifted for r, c in np.argwhere(img[0])}
+    assert moves == {(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)}  # every shift of 1 pixel
+    assert np.all(shifted.sum(axis=(1, 2, 3)) == 1.0)  # the pixel is never cropped away here
