@@ -178,6 +178,7 @@ class ModelRepository:
         self._publisher: asyncio.Task[None] | None = None
         self._exchange: LiveStateExchange | None = None
         self._lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
         metrics.attach_state(self.live_state, settings.drift_min_samples)
 
     # -- lookups (event loop only; the table is replaced, never mutated) --------------------
@@ -380,7 +381,7 @@ class ModelRepository:
         previous = self._table.get(name, {}).get(version)
         self._replace(name, version, ServedModel(model, batcher, stamp, observer))  # the swap
         if previous is not None:
-            await previous.batcher.close()
+            self._retire(previous)
         logger.info(
             "model %s version %s ready on %s (task %s, %d heads, sha256 %s)%s",
             name, version, model.provider, model.meta.task, model.meta.num_heads, model.sha256[:12],
@@ -423,14 +424,28 @@ class ModelRepository:
             return
         self._replace(name, version, None)
         self._changing.discard((name, version))
-        await served.batcher.close()
+        self._retire(served)
         self.metrics.model_unloaded(served.model)
         logger.info("model %s version %s unloaded: %s", name, version, why,
                     extra={"model": name, "version": version, "event": "model_unloaded"})
 
+    def _retire(self, served: ServedModel) -> None:
+        """Close the batcher of a version that left the table only after a request timeout:
+        a request that looked the version up just before it left still gets its answer."""
+
+        async def retire() -> None:
+            try:
+                await asyncio.sleep(self.settings.request_timeout_s)
+            finally:
+                await served.batcher.close()
+
+        task = asyncio.get_running_loop().create_task(retire(), name=f"retire-{served.model.name}")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
     async def close(self) -> None:
         """Stop watching, then finish every queued request."""
-        for task in (self._task, self._publisher):
+        for task in (self._task, self._publisher, *self._retiring):
             if task is None:
                 continue
             task.cancel()

@@ -175,3 +175,23 @@ def test_one_bad_version_never_stops_the_scan(
     assert failures(registry, "aaa") == 1.0
     assert failures(registry) is None
     assert r.status_code == 404 and "models served: digits, zzz" in r.json()["error"]
+
+
+def test_a_request_that_found_a_version_just_before_it_left_is_answered(
+    tmp_path: Path, classifier: cm.BuiltModel, classifier_b: cm.BuiltModel
+) -> None:
+    """The handler looked version 2 up, then the folder was deleted: its request is still
+    served (by the model it found), not refused as "shutting down"."""
+    cm.write_version(tmp_path, "digits", 1, classifier.data)
+    cm.write_version(tmp_path, "digits", 2, classifier_b.data)
+    with serve(make_settings(tmp_path)) as (client, app_, _):
+        repo = app_.state.repository
+        wait_for(lambda: repo.versions("digits") == [1, 2], what="both versions")
+        found = repo.get("digits", 2)
+        import shutil
+
+        shutil.rmtree(tmp_path / "digits" / "2")
+        wait_for(lambda: repo.versions("digits") == [1], what="version 2 unloaded")
+        x = np.zeros((2, 64), dtype=np.float32)
+        out = client.portal.call(found.batcher.submit, x, 5.0)
+    np.testing.assert_allclose(out["mean_probs"], reference_outputs(classifier_b.data, x)["mean_probs"], atol=1e-5)
