@@ -1,7 +1,7 @@
 """The ONNX contract shared by training (which writes it) and the service (which reads it).
 
 One place defines the graph's input and output names and the JSON metadata carried in the
-model's ``metadata_props``; see ``shared/DESIGN.md``, "The ONNX contract".
+model's ``metadata_props``; see ``docs/design.md``, "The ONNX contract".
 
 Shapes (B = batch, M = heads, C = classes, D = regression outputs):
 

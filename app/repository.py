@@ -350,6 +350,7 @@ class ModelRepository:
                 load_model, name, version, path,
                 providers=list(self.settings.providers),
                 intra_op_threads=self.settings.intra_op_threads,
+                cuda_tf32=self.settings.cuda_tf32,
             )
             check_complete(model)
             # The bytes that were loaded must be the file as it is now.

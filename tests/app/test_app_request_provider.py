@@ -45,3 +45,23 @@ def test_parity_is_shown_in_metadata_only_on_an_accelerator(repo, classifier: Bu
         object.__setattr__(served, "model", replace(served.model, parity=parity))
         assert client.get("/v2/models/digits").json()["parameters"]["parity_with_cpu"] == parity
         assert client.get("/v1/models/digits").json()["parity_with_cpu"] == parity
+
+
+def test_the_tf32_setting_reaches_the_loader(repo, monkeypatch) -> None:  # noqa: ANN001
+    import app.repository as repository_module
+    from app.settings import Settings
+    from tests.app.servekit import make_settings, serve
+
+    assert Settings().cuda_tf32 is False
+    seen: list[bool] = []
+    real = repository_module.load_model
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        seen.append(kwargs["cuda_tf32"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(repository_module, "load_model", spy)
+    monkeypatch.setenv("HYDRA_CUDA_TF32", "true")
+    with serve(make_settings(repo, cuda_tf32=Settings().cuda_tf32)):
+        pass
+    assert seen and all(seen)

@@ -1,7 +1,7 @@
 """A small Dockerfile reader (stages and instructions) and the project's image policy.
 
 hadolint checks good practice; `image_policy_problems` checks what this project needs from
-its images (shared/DESIGN.md, issue 4) and returns what is wrong, in words.
+its images (docs/deploy.md) and returns what is wrong, in words.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The service's metric names (shared/DESIGN.md's list and one more), and names read from /metrics.
+"""The service's metric names (docs/deploy.md's list), and names read from /metrics.
 
 Rules and dashboards may only read these (with the series suffixes their types produce),
 the rules' own recorded names, and Prometheus' `up`. The live test checks this catalogue
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-# name -> Prometheus type (DESIGN.md, "Prometheus metrics"); counters without `_total`.
+# name -> Prometheus type (docs/deploy.md, "Metrics: which series exist"); counters without `_total`.
 DESIGN_METRICS: dict[str, str] = {
     "hydra_http_requests": "counter",
     "hydra_http_request_duration_seconds": "histogram",
@@ -24,7 +24,7 @@ DESIGN_METRICS: dict[str, str] = {
     "hydra_queue_wait_seconds": "histogram",
     "hydra_queue_depth": "gauge",
     "hydra_model_info": "gauge",
-    # Exported by app/metrics.py beyond DESIGN.md's list; HydraModelVersionRefused reads it.
+    # Exported by app/metrics.py beyond the original list; HydraModelVersionRefused reads it.
     "hydra_model_load_failures": "counter",
     # Each loaded version's calibrated OOD alpha; model:hydra_ood_expected:ratio reads it.
     "hydra_ood_target_rate": "gauge",
