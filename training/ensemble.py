@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from training.config import RunConfig
-from training.data import Dataset, DataError, feature_stats, target_stats
+from training.data import Dataset, DataError
+from training.scaling import feature_stats, target_stats
 from training.losses import ground_truth_loss
 from training.networks import Ensemble, HydraNet, NetSpec
 from training.runtime import Runtime, config_key, fit, load_checkpoint, save_atomic

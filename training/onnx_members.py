@@ -21,7 +21,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from training.data import Dataset, DataError, feature_stats
+from training.data import Dataset, DataError
+from training.scaling import feature_stats
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from training.config import DataConfig
-from training.data import DataError, encode_labels, feature_stats, load_dataset, value_resolution
+from training.data import DataError, load_dataset
+from training.scaling import feature_stats, value_resolution
+from training.user_data import encode_labels
 
 
 def _csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
