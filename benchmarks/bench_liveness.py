@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
+from bench_service import _free_port, _wait_http  # same folder: the servers start alike
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_BODY = 4 * 1024 * 1024
@@ -44,26 +45,6 @@ def junk_bodies(limit: int = MAX_BODY) -> dict[str, bytes]:
         "deep nesting": b'{"instances": ' + b"[" * n,
         "empty strings": b'{"instances": [[' + b'"",' * (n // 3) + b'""]]}',
     }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_ready(url: str, timeout: float = 60.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"service at {url} not ready after {timeout}s")
 
 
 def build_repository(tmp: Path) -> Path:
@@ -91,7 +72,7 @@ def start_service(repo: Path, source: Path) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "app"], env=env, cwd=source,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    _wait_ready(url)
+    _wait_http(port, "/v2/health/ready")
     return proc, url
 
 
