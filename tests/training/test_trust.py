@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from scipy.special import log_softmax, softmax
+from scipy.special import log_softmax
 
 from app.contract import ModelMetadata, output_names
 from training import ensemble as ensemble_module
