@@ -42,6 +42,7 @@ RUN python pyproject_requirements.py pyproject.toml > requirements.txt \
 FROM deps AS service-build
 COPY README.md ./
 COPY app ./app
+COPY contract ./contract
 RUN pip install --no-deps . \
     && python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
 
@@ -51,6 +52,7 @@ RUN python pyproject_requirements.py pyproject.toml --extra train > requirements
     && pip install -r requirements-train.txt
 COPY README.md ./
 COPY app ./app
+COPY contract ./contract
 COPY training ./training
 RUN pip install --no-deps .
 

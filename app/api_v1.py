@@ -16,7 +16,7 @@ from app.repository import ServedModel
 from app.runtime import Outputs
 from app.schemas import V1Error, V1PredictRequest, V1PredictResponse
 from app.settings import Settings
-from app.contract import ModelMetadata
+from contract.model import ModelMetadata
 from app.tensors import body_budget, check_response_size, instances_to_batch
 
 router = APIRouter(prefix="/v1", tags=["v1"])

@@ -15,7 +15,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from app.contract import expected_output_shapes
+from contract.model import expected_output_shapes
 from app.deps import (
     ApiKeyDep, RepositoryDep, ascii_int, check_api_key, check_structure, has_api_access, note_request,
     off_loop, parse_body, parse_version,

@@ -31,7 +31,7 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import mark_process_dead
 from prometheus_client.registry import Collector
 
-from app.drift import DriftReference
+from contract.drift import DriftReference
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from app.contract import UNCERTAINTY_COMPONENTS
+from contract.model import UNCERTAINTY_COMPONENTS
 from app.live_state import LiveCollector, WorkerState
 from app.runtime import LoadedModel
 

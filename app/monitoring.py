@@ -1,5 +1,5 @@
 """Live drift monitoring: a sliding window of recent uncertainties per model version and
-component, compared with the version's calibration reference (app/drift.py: PSI and a
+component, compared with the version's calibration reference (contract/drift.py: PSI and a
 chi-square p-value)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from app.contract import UNCERTAINTY_COMPONENTS
-from app.drift import DriftReference, DriftStatistic
+from contract.model import UNCERTAINTY_COMPONENTS
+from contract.drift import DriftReference, DriftStatistic
 from app.live_state import DriftWindow
 
 

@@ -28,24 +28,22 @@ import asyncio
 import hashlib
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from app.batching import Batcher, BatchObserver
-from app.contract import ContractError
+from contract.model import ContractError
 from app.errors import ModelNotFound, ModelNotReady
 from app.live_state import LiveStateExchange, VersionState, WorkerState
 from app.metrics import ServiceMetrics, multiprocess_enabled
 from app.monitoring import DriftMonitor
 from app.runtime import LoadedModel, Outputs, load_model
 from app.settings import Settings
+from contract.layout import MODEL_FILE, NAME_PATTERN, version_of
 
 logger = logging.getLogger(__name__)
 
-MODEL_FILE = "model.onnx"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 PUBLISH_INTERVAL_S = 1.0  # multiprocess mode: how often a worker publishes its live gauges
 
 
@@ -95,11 +93,12 @@ def scan(root: Path) -> dict[tuple[str, int], tuple[Path, FileStamp]]:
         except OSError:
             continue
         for version_dir in versions:
-            if not (version_dir.name.isascii() and version_dir.name.isdigit()):
+            version = version_of(version_dir.name)
+            if version is None:
                 continue
             path = version_dir / MODEL_FILE
             try:
-                found[(model_dir.name, int(version_dir.name))] = (path, FileStamp.of(path))
+                found[(model_dir.name, version)] = (path, FileStamp.of(path))
             except OSError:
                 continue
     return found

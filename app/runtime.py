@@ -15,7 +15,8 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from app.contract import INPUT_NAME, ContractError, ModelMetadata, expected_output_shapes
+from contract.onnxrt import session_options
+from contract.model import INPUT_NAME, ContractError, ModelMetadata, expected_output_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -61,17 +62,6 @@ class LoadedModel:
         else:
             out["is_ood"] = np.zeros(batch.shape[0], dtype=bool)
         return out
-
-
-def session_options(intra_op_threads: int = 0) -> ort.SessionOptions:
-    opts = ort.SessionOptions()
-    # Several sessions share the process: spin-waiting pools thrash on few cores.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    if intra_op_threads:
-        opts.intra_op_num_threads = intra_op_threads
-    opts.log_severity_level = 3
-    return opts
 
 
 ProviderSpec = str | tuple[str, dict[str, str]]

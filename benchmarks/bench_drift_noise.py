@@ -31,7 +31,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.drift import DEFAULT_BINS, DriftReference  # noqa: E402
+from contract.drift import DEFAULT_BINS, DriftReference  # noqa: E402
 from app.live_state import VersionState, WorkerState, merged_samples  # noqa: E402
 from app.monitoring import DriftMonitor  # noqa: E402
 from app.settings import Settings  # noqa: E402

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from training.publish import versions
+from contract.layout import versions
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = {"digits": "configs/digits.toml", "digits-cnn": "configs/digits_cnn.toml"}

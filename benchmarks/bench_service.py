@@ -240,7 +240,7 @@ def stop(proc: subprocess.Popen) -> None:
 def direct_ort(model: Path, x: np.ndarray, duration: float) -> list[dict]:
     import onnxruntime as ort
 
-    from app.runtime import session_options
+    from contract.onnxrt import session_options
 
     sess = ort.InferenceSession(str(model), sess_options=session_options(),
                                 providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
@@ -293,7 +293,7 @@ def find_model(model_dir: str | None, tmp: Path) -> tuple[Path, str]:
 def sample_inputs(model: Path) -> np.ndarray:
     import onnxruntime as ort
 
-    from app.contract import ModelMetadata
+    from contract.model import ModelMetadata
 
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     meta = ModelMetadata.from_props(dict(sess.get_modelmeta().custom_metadata_map))

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from app.contract import ModelMetadata
+from contract.model import ModelMetadata
 
 HOLDOUT_SEED = 20261128
 FOLDS = 5

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import tomllib
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from contract.layout import NAME_PATTERN as MODEL_NAME
+
 
 # A published model's name: a folder of the model repository and a URL path segment.
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class ConfigError(ValueError):

@@ -1,4 +1,4 @@
-"""Stage 4: calibration and ONNX export under the contract of ``app.contract``.
+"""Stage 4: calibration and ONNX export under the contract of ``contract.model``.
 
 The exported graph takes raw features, normalizes them, runs every head and computes the
 derived outputs (the same torch functions evaluation uses). Export checks itself: the ONNX
@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,11 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from app.contract import INPUT_NAME, ModelMetadata, derived_output_names, output_names
-from app.drift import DriftReference
-from app.ood import OodCalibration
+from contract.model import INPUT_NAME, ModelMetadata, derived_output_names, output_names
+from contract.drift import DriftReference
+from contract.files import write_atomic
+from contract.ood import OodCalibration
+from contract.onnxrt import session_options
 from training.config import CalibrationConfig, ExportConfig
 from training.uncertainty import derived_outputs
 
@@ -102,9 +103,7 @@ class ParityResult:
 def check_parity(model: onnx.ModelProto, net: nn.Module, meta: ModelMetadata, inputs: np.ndarray,
                  config: ExportConfig) -> ParityResult:
     """ONNX Runtime (CPU) vs PyTorch on ``inputs`` [N, *feature_shape], for every output."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
     got = session.run(None, {INPUT_NAME: inputs.astype(np.float32)})
     with torch.no_grad():
         want = [t.numpy() for t in ContractModule(net, meta.task).eval().cpu().float()(torch.as_tensor(inputs))]
@@ -136,9 +135,7 @@ def export_checked(net: nn.Module, meta: ModelMetadata, config: ExportConfig, re
               "real": check_parity(model, net, meta, real_inputs, config).max_abs_diff,
               "single": check_parity(model, net, meta, real_inputs[:1], config).max_abs_diff}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(model.SerializeToString())
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_bytes(model.SerializeToString()))
     worst = max(max(d.values()) for d in parity.values())
     log.info("exported %s (%d outputs, parity max |diff| %.2e)", path, len(meta.output_names), worst)
     return {"file": path.name, "opset": config.opset, "atol": config.atol, "rtol": config.rtol,

@@ -21,6 +21,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from contract.onnxrt import session_options
 from training.data import Dataset, DataError
 from training.scaling import feature_stats
 
@@ -30,11 +31,8 @@ OUTPUT_KINDS = ("logits", "probabilities")
 
 
 def _session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = 1  # M sessions in one process: no competing thread pools
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:  # M sessions in one process: one thread each, no competing pools
+        return ort.InferenceSession(str(path), session_options(1), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for a bad file
         raise DataError(f"{path}: not a model ONNX Runtime can load: {str(exc)[:300]}") from exc
 

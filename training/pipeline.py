@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from app.contract import ModelMetadata
+from contract.model import ModelMetadata
 from training.config import RunConfig, TransferConfig
 from training.data import Dataset, DataError, load_dataset
 from training.distill import distill

@@ -14,18 +14,10 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from training.config import MODEL_NAME, ConfigError
+from contract.layout import NAME_PATTERN, versions
+from training.config import ConfigError
 
 log = logging.getLogger(__name__)
-
-NAME_PATTERN = MODEL_NAME
-
-
-def versions(model_dir: Path) -> list[int]:
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
-
 
 def publish(repository: Path, name: str, write: Callable[[Path], None]) -> Path:
     """Call ``write(staging_dir)`` then move the folder into the next free version."""

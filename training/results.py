@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.config import MODEL_NAME
+from contract.layout import NAME_PATTERN as MODEL_NAME
 
 # Readable names of the report's goals (evaluate.GOALS holds the targets).
 GOAL_NAMES = {

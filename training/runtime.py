@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, TensorDataset
 from tqdm import tqdm
 
+from contract.files import write_atomic
 from training.config import ConfigError, OptimConfig
 
 log = logging.getLogger(__name__)
@@ -94,9 +95,7 @@ def config_key(*parts: Any) -> str:
 def save_atomic(obj: Any, path: Path) -> None:
     """torch.save to a temporary file beside ``path``, then rename: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_checkpoint(path: Path, key: str) -> dict[str, Any] | None:

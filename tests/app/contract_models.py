@@ -1,4 +1,4 @@
-"""Small ONNX models that follow the contract of app/contract.py, built without torch.
+"""Small ONNX models that follow the contract of contract/model.py, built without torch.
 
 A random-feature body (tanh of a fixed projection of the normalised input) feeds M linear
 heads, each a ridge regression fitted on its own bootstrap sample and feature subset, so the
@@ -18,9 +18,9 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from app.contract import INPUT_NAME, UNCERTAINTY_COMPONENTS, ModelMetadata, head_names
-from app.drift import DriftReference
-from app.ood import OodCalibration
+from contract.model import INPUT_NAME, UNCERTAINTY_COMPONENTS, ModelMetadata, head_names
+from contract.drift import DriftReference
+from contract.ood import OodCalibration
 
 OPSET = 18
 FloatArray = npt.NDArray[np.float32]
@@ -281,7 +281,7 @@ def build_regressor(
 
 
 def _shapes(meta: ModelMetadata) -> dict[str, list[int | str]]:
-    from app.contract import expected_output_shapes
+    from contract.model import expected_output_shapes
 
     shapes = expected_output_shapes(meta)
     return {n: shapes[n] for n in meta.output_names}

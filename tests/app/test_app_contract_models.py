@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 
 import contract_models as cm
-from app.contract import ModelMetadata
+from contract.model import ModelMetadata
 from servekit import reference_outputs
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from prometheus_client.utils import floatToGoString
 
 import contract_models as cm
-from app.contract import UNCERTAINTY_COMPONENTS
+from contract.model import UNCERTAINTY_COMPONENTS
 from servekit import make_settings, reference_outputs, serve
 
 V1 = "/v1/models/digits:predict"

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
 import contract_models as cm
-from app.drift import DriftReference
+from contract.drift import DriftReference
 from app.live_state import DriftWindow, LiveStateExchange, VersionState, WorkerState
 from servekit import make_settings, serve, wait_for
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.drift import DriftReference, chi2_sf
+from contract.drift import DriftReference, chi2_sf
 from app.monitoring import DriftMonitor, ScoreWindow
 
 ALERT_PSI, ALERT_P = 0.2, 0.001  # the drift alert's condition (docker/rules/hydra-alerts.rules.yml)

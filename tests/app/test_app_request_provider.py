@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from app.runtime import measure_parity, provider_specs, session_options
+from app.runtime import measure_parity, provider_specs
+from contract.onnxrt import session_options
 from tests.app.contract_models import BuiltModel
 
 

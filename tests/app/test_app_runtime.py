@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 import contract_models as cm
-from app.contract import ContractError
+from contract.model import ContractError
 from app.runtime import load_model
 from servekit import CPU, reference_outputs
 

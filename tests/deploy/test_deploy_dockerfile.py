@@ -87,7 +87,7 @@ def _policy_with(repo: Path, tmp_path: Path, old: str, new: str) -> list[str]:
     for name in ("pyproject.toml", "README.md", ".dockerignore"):
         if (repo / name).exists():
             shutil.copy(repo / name, context / name)
-    for name in ("app", "training", "configs"):
+    for name in ("app", "contract", "training", "configs"):
         (context / name).mkdir()
     (context / "docker").mkdir()
     shutil.copy(repo / "docker" / "pyproject_requirements.py", context / "docker")
@@ -143,7 +143,7 @@ def test_image_policy_catches_a_planted_mistake(
 def test_dockerignore_keeping_out_a_copied_path_is_caught(repo: Path, tmp_path: Path) -> None:
     context = tmp_path / "ctx"
     shutil.copytree(repo / "app", context / "app")
-    for name in ("training", "configs"):
+    for name in ("contract", "training", "configs"):
         (context / name).mkdir()
     (context / "docker").mkdir()
     shutil.copy(repo / "docker" / "pyproject_requirements.py", context / "docker")

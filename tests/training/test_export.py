@@ -8,9 +8,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from app.contract import ModelMetadata, output_names
-from app.drift import DriftReference
-from app.ood import OodCalibration
+from contract.model import ModelMetadata, output_names
+from contract.drift import DriftReference
+from contract.ood import OodCalibration
 from training.config import ExportConfig, ModelConfig
 from training.export import ContractModule, ExportError, check_parity, export_checked, to_onnx
 from training.networks import Ensemble, HydraNet, NetSpec

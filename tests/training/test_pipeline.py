@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from app.contract import ModelMetadata
+from contract.model import ModelMetadata
 from training.cli import main as cli_main
 from training.config import RunConfig
 from training.pipeline import run_pipeline

@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy.special import log_softmax
 
-from app.contract import ModelMetadata, output_names
+from contract.model import ModelMetadata, output_names
 from training import ensemble as ensemble_module
 from training.cli import main as cli_main
 from training.config import ExportConfig, ModelConfig, RunConfig

@@ -21,8 +21,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from app.drift import DriftReference
-from app.ood import OodCalibration
+from contract.drift import DriftReference
+from contract.ood import OodCalibration
 
 FORMAT_VERSION = 1
 INPUT_NAME = "input"

@@ -1,0 +1,7 @@
+"""The published-model format that training writes and the service reads.
+
+Both ``training`` and ``app`` import this package; it imports neither of them, and never
+torch. It holds the ONNX contract (``model``), the OOD calibration (``ood``), the drift
+reference (``drift``), the repository layout (``layout``), the ONNX Runtime session options
+(``onnxrt``) and atomic file writes (``files``).
+"""
