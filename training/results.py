@@ -16,8 +16,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import socket
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,29 +197,72 @@ def _rounded(value: Any) -> Any:
     return value
 
 
-def render_serving(report_path: Path) -> str:
-    """The service's real V1 answer for a checkerboard (no digit), from the newest version.
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
-    Runs the application itself (in-process, no network) on the repository that holds it.
+
+def _http(method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, method=method,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def ask_service(repository: Path, model: str, instances: list[list[float]],
+                ready_timeout_s: float = 120.0) -> dict[str, Any]:
+    """The V1 answer of the real service (``python -m app``, CPU provider, 127.0.0.1).
+
+    The service runs as its own process on a free local port, exactly as ``hydra-serve``
+    would serve ``repository``; it is stopped before this returns.
     """
-    from fastapi.testclient import TestClient
-    from prometheus_client import CollectorRegistry
+    port = _free_port()
+    env = {**os.environ, "HYDRA_REPOSITORY": str(repository.resolve()), "HYDRA_PORT": str(port),
+           "HYDRA_HOST": "127.0.0.1", "HYDRA_PROVIDERS": "CPUExecutionProvider",
+           "HYDRA_LOG_LEVEL": "WARNING", "HYDRA_WORKERS": "1"}
+    env.pop("HYDRA_API_KEY", None)
+    server = subprocess.Popen([sys.executable, "-m", "app"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            if server.poll() is not None:
+                err = server.stderr.read().decode(errors="replace")[-500:] if server.stderr else ""
+                raise ResultsError(f"the service exited with {server.returncode}: {err}")
+            try:
+                if _http("GET", f"{base}/v2/health/ready")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise ResultsError(f"the service was not ready within {ready_timeout_s:.0f} s")
+            time.sleep(0.1)
+        status, raw = _http("POST", f"{base}/v1/models/{model}:predict",
+                            json.dumps({"instances": instances}).encode())
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        if server.stderr:
+            server.stderr.close()
+    if status != 200:
+        raise ResultsError(f"the service answered {status}: {raw[:200].decode(errors='replace')}")
+    return json.loads(raw)
 
-    from app.main import create_app
-    from app.settings import Settings
 
+def render_serving(report_path: Path) -> str:
+    """The service's real V1 answer for a checkerboard (no digit), from the newest version."""
     model_dir = report_path.parent.parent
-    settings = Settings(repository=model_dir.parent, providers=["CPUExecutionProvider"])
-    app = create_app(settings, CollectorRegistry())
-    with TestClient(app) as client:
-        for _ in range(600):
-            if client.get("/v2/health/ready").status_code == 200:
-                break
-            time.sleep(0.05)
-        answer = client.post(f"/v1/models/{model_dir.name}:predict", json={"instances": [CHECKERBOARD]})
-    if answer.status_code != 200:
-        raise ResultsError(f"the service answered {answer.status_code}: {answer.text[:200]}")
-    body = _rounded(answer.json())
+    answer = ask_service(model_dir.parent, model_dir.name, [CHECKERBOARD])
+    body = _rounded(answer)
     body["model_version"] = "<newest>"
     lines = [json.dumps({k: v for k, v in body.items() if k != "predictions"})[:-1] + ', "predictions": [{']
     (prediction,) = body["predictions"]
