@@ -1,0 +1,315 @@
+"""The real-scale benchmark: a ResNet Hydra trained, exported and served, on one GPU.
+
+Prepared for a machine with one CUDA GPU (under 4 minutes there); it runs unchanged, at
+smaller sizes, on the CPU provider, which is how it is tested:
+
+    python benchmarks/bench_gpu.py                    # CUDA when present, else CPU sizes
+    python benchmarks/bench_gpu.py --device cpu       # the CPU goal: ResNet-18 bodies, batch 256
+    python benchmarks/bench_gpu.py --quick            # small sizes, about a minute on 2 cores
+
+It prints one Markdown table per part, for BENCHMARKS.md, and writes them as JSON (--json):
+
+1. training: ``hydra-train run`` on ``configs/digits_resnet.toml`` (shortened), its training
+   samples/s per stage from the report, its export parity, test accuracy of Hydra and ensemble;
+2. Hydra vs ensemble in ONNX Runtime: a ResNet body (ResNet-18 layout unless --quick) with M
+   linear heads, and with M copies of the last residual block, against M full members, at
+   several batch sizes, timed side by side in interleaved rounds;
+3. the service (``python -m app`` on the trained model) at concurrency 1, 8 and 64 against
+   ONNX Runtime called directly at the matching batch size; on CUDA also the service on the
+   CPU provider at concurrency 1 (the one-instance latency goal);
+4. parity: the largest difference between the active provider and the CPU provider per
+   output, as the service measured it when it loaded the model (TF32 off unless set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_service as bs  # noqa: E402
+
+from contract.onnxrt import session_options  # noqa: E402
+
+IMAGE = (3, 32, 32)
+CLASSES = 10
+
+# Per device: training shortening, the ONNX comparison's body and batches, the service load.
+PLANS = {
+    "cuda": {
+        "train": ["ensemble.members=5", "ensemble.optim.epochs=6", "distill.phase1.epochs=4",
+                  "distill.phase2.epochs=6"],
+        "resnet": {"channels": (64, 128, 256, 512), "blocks": (2, 2, 2, 2)}, "members": 10,
+        "batches": (1, 64, 512), "rounds": 3, "seconds": 1.0,
+        "concurrency": (1, 8, 64), "duration": 2.0,
+    },
+    "cpu": {
+        "train": ["ensemble.members=3", "ensemble.optim.epochs=2", "distill.phase1.epochs=1",
+                  "distill.phase2.epochs=2", "distill.transfer.copies=1"],
+        "resnet": {"channels": (64, 128, 256, 512), "blocks": (2, 2, 2, 2)}, "members": 10,
+        "batches": (1, 64, 256), "rounds": 2, "seconds": 3.0,
+        "concurrency": (1, 8, 64), "duration": 2.0,
+    },
+    "quick": {
+        "train": ["ensemble.members=2", "ensemble.optim.epochs=1", "ensemble.optim.min_steps=0",
+                  "distill.phase1.epochs=1", "distill.phase2.epochs=1", "distill.transfer.copies=1",
+                  "model.channels=[8, 16]", "model.blocks=[1, 2]"],
+        "resnet": {"channels": (8, 16), "blocks": (1, 2)}, "members": 3,
+        "batches": (1, 16), "rounds": 1, "seconds": 0.3,
+        "concurrency": (1, 8), "duration": 0.5,
+    },
+}
+
+
+def providers_for(device: str) -> list[str]:
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+
+
+def provider_options(device: str) -> list[str | tuple[str, dict[str, str]]]:
+    # TF32 off, as the service runs it: the comparison is between the same numerics.
+    return [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"] if device == "cuda" \
+        else ["CPUExecutionProvider"]
+
+
+# -- 1. training ----------------------------------------------------------------------------------
+
+def train(device: str, overrides: list[str], tmp: Path) -> tuple[Path, dict]:
+    cmd = [sys.executable, "-m", "training.cli", "run", "--config", str(ROOT / "configs" / "digits_resnet.toml"),
+           "--repository", str(tmp / "models"), "--set", f'device="{device}"',
+           "--set", f'runs_dir="{tmp / "runs"}"']
+    for item in overrides:
+        cmd += ["--set", item]
+    started = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"training failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    (version,) = sorted((tmp / "models" / "digits-resnet").iterdir())
+    report = json.loads((version / "report.json").read_text())
+    parity = report["export"]["model.onnx"]["max_abs_diff"]
+    return version, {
+        "wall_s": round(time.perf_counter() - started, 1),
+        "device": report["device"],
+        "samples_per_s": report["training_samples_per_s"],
+        "accuracy": {k: report["test"][k]["accuracy"] for k in ("ensemble", "hydra")},
+        "export_parity": max(max(v.values(), default=0.0) for v in parity.values()),
+    }
+
+
+# -- 2. Hydra vs ensemble in ONNX Runtime -----------------------------------------------------------
+
+def export_pair(plan: dict, head: str, tmp: Path) -> tuple[Path, Path, dict[str, int]]:
+    """A Hydra with ``head`` heads and an ensemble of full members, random weights, as ONNX."""
+    import torch
+
+    from training.config import ModelConfig
+    from training.networks import Ensemble, HydraNet, NetSpec, count_parameters
+
+    torch.manual_seed(0)
+    spec = NetSpec("classification", IMAGE, CLASSES)
+    m = plan["members"]
+    body = dict(body="resnet", image_shape=IMAGE, **plan["resnet"])
+    hydra = HydraNet(ModelConfig(head=head, **body), spec, m).eval()
+    ensemble = Ensemble([HydraNet(ModelConfig(head="linear", **body), spec, 1) for _ in range(m)]).eval()
+    paths = []
+    for name, net in (("hydra", hydra), ("ensemble", ensemble)):
+        path = tmp / f"{name}-{head}.onnx"
+        program = torch.onnx.export(net, (torch.zeros(2, *IMAGE),), input_names=["input"],
+                                    output_names=["heads"], dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+                                    dynamo=True, external_data=False, verbose=False)
+        program.save(str(path))  # type: ignore[union-attr]
+        paths.append(path)
+    params = {"hydra": count_parameters(hydra), "ensemble": count_parameters(ensemble),
+              "member": count_parameters(ensemble.members[0])}
+    return paths[0], paths[1], params
+
+
+def samples_per_s(sess: ort.InferenceSession, x: np.ndarray, seconds: float) -> float:
+    sess.run(None, {"input": x})
+    calls, started = 0, time.perf_counter()
+    while True:
+        sess.run(None, {"input": x})
+        calls += 1
+        elapsed = time.perf_counter() - started
+        if elapsed >= seconds and calls >= 3:
+            return calls * x.shape[0] / elapsed
+
+
+def hydra_vs_ensemble(device: str, plan: dict, tmp: Path) -> list[dict]:
+    rows = []
+    rng = np.random.default_rng(0)
+    for head in ("linear", "block"):
+        hydra_path, ensemble_path, params = export_pair(plan, head, tmp)
+        sessions = {name: ort.InferenceSession(str(path), session_options(), providers=provider_options(device))
+                    for name, path in (("hydra", hydra_path), ("ensemble", ensemble_path))}
+        for batch in plan["batches"]:
+            x = rng.uniform(0, 16, size=(batch, *IMAGE)).astype(np.float32)
+            speed: dict[str, list[float]] = {"hydra": [], "ensemble": []}
+            for _ in range(plan["rounds"]):  # interleaved: noise hits both alike
+                for name, sess in sessions.items():
+                    speed[name].append(samples_per_s(sess, x, plan["seconds"]))
+            hydra, ensemble = float(np.median(speed["hydra"])), float(np.median(speed["ensemble"]))
+            rows.append({"head": head, "batch": batch, "members": plan["members"],
+                         "hydra_samples_per_s": round(hydra, 1), "ensemble_samples_per_s": round(ensemble, 1),
+                         "ratio": round(hydra / ensemble, 2), "params": params,
+                         "provider": sessions["hydra"].get_providers()[0]})
+            print(f"  {head} heads, batch {batch}: Hydra {hydra:.0f}/s, ensemble {ensemble:.0f}/s, "
+                  f"{hydra / ensemble:.2f}x", file=sys.stderr)
+        del sessions
+    return rows
+
+
+# -- 3 and 4. the service -------------------------------------------------------------------------
+
+def _get_json(port: int, path: str) -> dict:
+    import httpx
+
+    return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=10).json()
+
+
+def serve_and_measure(version: Path, device: str, plan: dict, tmp: Path) -> dict:
+    repo = tmp / "serve"
+    (repo / "bench").mkdir(parents=True)
+    os.symlink(version, repo / "bench" / "1")
+    x = np.random.default_rng(1).uniform(0, 16, size=(64, *IMAGE)).astype(np.float32)
+    body = json.dumps({"instances": [x[0].tolist()]}).encode()
+    request = bs._request_bytes("/v1/models/bench:predict", body)
+    load = bs.LoadGenerator()
+    result: dict = {"service": [], "direct": []}
+    saved = os.environ.get("HYDRA_PROVIDERS")
+    try:
+        runs = [(device, plan["concurrency"])]
+        if device == "cuda":
+            runs.append(("cpu", (1,)))
+        for run_device, levels in runs:
+            os.environ["HYDRA_PROVIDERS"] = ",".join(providers_for(run_device))
+            proc, port = bs.start_service(repo, batching=True)
+            try:
+                meta = _get_json(port, "/v1/models/bench")
+                if run_device == device:
+                    result["provider"] = meta.get("provider")
+                    result["parity_with_cpu"] = meta.get("parity_with_cpu")
+                for c in levels:
+                    row = load.measure(port, request, c, plan["duration"], pid=proc.pid)
+                    row.update(provider=meta.get("provider"))
+                    result["service"].append({k: (round(v, 3) if isinstance(v, float) else v)
+                                              for k, v in row.items()})
+            finally:
+                bs.stop(proc)
+    finally:
+        load.close()
+        if saved is None:
+            os.environ.pop("HYDRA_PROVIDERS", None)
+        else:
+            os.environ["HYDRA_PROVIDERS"] = saved
+    sess = ort.InferenceSession(str(version / "model.onnx"), session_options(), providers=provider_options(device))
+    for batch in plan["concurrency"]:
+        xb = np.ascontiguousarray(np.resize(x, (batch, *IMAGE)))
+        result["direct"].append({"batch": batch, "samples_per_s": round(samples_per_s(sess, xb, plan["duration"]), 1),
+                                 "provider": sess.get_providers()[0]})
+    return result
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+def table(header: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render(result: dict) -> str:
+    out = [f"Machine: {result['machine']}; device {result['device']}"]
+    tr = result["training"]
+    out += ["", "Training (configs/digits_resnet.toml, shortened):", "",
+            table(["stage", "samples/s"], [[k, v] for k, v in tr["samples_per_s"].items()]),
+            "", f"wall {tr['wall_s']} s; test accuracy ensemble {tr['accuracy']['ensemble']:.4f}, "
+            f"Hydra {tr['accuracy']['hydra']:.4f}; export parity {tr['export_parity']:.1e}"]
+    rows = result["onnx"]
+    if rows:
+        p = rows[0]["params"]
+        out += ["", f"Hydra vs ensemble in ONNX Runtime (ResNet body {result['resnet']}, M = {rows[0]['members']}, "
+                f"{rows[0]['provider']}; parameters: member {p['member']:,}):", "",
+                table(["heads", "batch", "Hydra samples/s", "ensemble samples/s", "ratio", "ratio / M"],
+                      [[r["head"], r["batch"], r["hydra_samples_per_s"], r["ensemble_samples_per_s"], r["ratio"],
+                        round(r["ratio"] / r["members"], 2)] for r in rows])]
+    sv = result["service"]
+    direct = {d["batch"]: d["samples_per_s"] for d in sv["direct"]}
+    out += ["", f"Service (V1, one instance per request) vs ONNX Runtime directly at the same batch size:", "",
+            table(["provider", "concurrency", "requests/s", "p50 ms", "p99 ms", "errors", "direct samples/s",
+                   "service / direct"],
+                  [[r["provider"], r["concurrency"], round(r["rps"], 1), round(r["p50_ms"], 2), round(r["p99_ms"], 2),
+                    r["errors"], direct.get(r["concurrency"], "-"),
+                    round(r["rps"] / direct[r["concurrency"]], 2) if r["provider"] == sv.get("provider")
+                    and r["concurrency"] in direct else "-"]
+                   for r in sv["service"]])]
+    parity = sv.get("parity_with_cpu")
+    worst = max(parity.values()) if parity else None
+    out += ["", f"Parity with the CPU provider, measured by the service at load ({sv.get('provider')}): " + (
+        f"largest |diff| {worst:.1e} over {len(parity)} outputs" if parity else
+        "not applicable (the CPU provider is the active one)")]
+    return "\n".join(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    parser.add_argument("--quick", action="store_true", help="small sizes (the tested path)")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--skip-onnx", action="store_true", help="leave out part 2")
+    args = parser.parse_args()
+    import torch
+
+    # onnxruntime-gpu lists its CUDA provider even where no GPU is: ask torch whether one is.
+    cuda = torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
+    device = ("cuda" if cuda else "cpu") if args.device == "auto" else args.device
+    if device == "cuda" and not cuda:
+        print("no CUDA device (torch) or no CUDA provider (onnxruntime)", file=sys.stderr)
+        return 1
+    plan = PLANS["quick" if args.quick else device]
+    started = time.perf_counter()
+    result: dict = {"device": device, "quick": args.quick, "resnet": plan["resnet"],
+                    "machine": f"{cpu_name()}, {os.cpu_count()} cores"}
+    if device == "cuda":
+        result["machine"] += f", {torch.cuda.get_device_name(0)}"
+    with tempfile.TemporaryDirectory(prefix="hydra-bench-gpu-") as name:
+        tmp = Path(name)
+        print("1/3 training", file=sys.stderr)
+        version, result["training"] = train(device, plan["train"], tmp)
+        print("2/3 Hydra vs ensemble in ONNX Runtime", file=sys.stderr)
+        result["onnx"] = [] if args.skip_onnx else hydra_vs_ensemble(device, plan, tmp)
+        print("3/3 the service", file=sys.stderr)
+        result["service"] = serve_and_measure(version, device, plan, tmp)
+    result["duration_s"] = round(time.perf_counter() - started, 1)
+    print(render(result))
+    print(f"\n(bench_gpu.py took {result['duration_s']} s)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
