@@ -257,7 +257,7 @@ def render(result: dict) -> str:
                         round(r["ratio"] / r["members"], 2)] for r in rows])]
     sv = result["service"]
     direct = {d["batch"]: d["samples_per_s"] for d in sv["direct"]}
-    out += ["", f"Service (V1, one instance per request) vs ONNX Runtime directly at the same batch size:", "",
+    out += ["", "Service (V1, one instance per request) vs ONNX Runtime directly at the same batch size:", "",
             table(["provider", "concurrency", "requests/s", "p50 ms", "p99 ms", "errors", "direct samples/s",
                    "service / direct"],
                   [[r["provider"], r["concurrency"], round(r["rps"], 1), round(r["p50_ms"], 2), round(r["p99_ms"], 2),
