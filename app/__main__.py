@@ -11,8 +11,8 @@ import tempfile
 import uvicorn
 from pydantic import ValidationError
 
-from app.live_state import clear_stale_files
-from app.logs import configure_logging
+from app.monitoring.live_gauges import clear_stale_files
+from app.monitoring.logs import configure_logging
 from app.settings import Settings
 
 logger = logging.getLogger("app")
@@ -45,7 +45,7 @@ def main() -> None:
     else:
         # A directory given by the environment may hold a previous run's live gauges, whose
         # pids the new workers could reuse. Workers that die while this run goes on are
-        # cleaned up by the survivors (app/live_state.py: mark_process_dead).
+        # cleaned up by the survivors (app/monitoring/live_gauges.py: mark_process_dead).
         clear_stale_files(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     logger.info(
         "starting %d workers; metrics merged from %s",

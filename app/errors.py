@@ -1,5 +1,6 @@
 """The service's errors: each has a stable ``code``, an HTTP status and a message that says
-what was expected and what came. Handlers in ``app.main`` render them per protocol."""
+what was expected and what came. Every layer raises them; app/api/error_responses.py renders
+them per protocol."""
 
 from __future__ import annotations
 

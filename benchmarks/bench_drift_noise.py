@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from contract.drift import DEFAULT_BINS, DriftReference  # noqa: E402
-from app.live_state import VersionState, WorkerState, merged_samples  # noqa: E402
-from app.monitoring import DriftMonitor  # noqa: E402
+from app.monitoring.live_drift import DriftMonitor  # noqa: E402
+from app.monitoring.live_gauges import VersionState, WorkerState, merged_samples  # noqa: E402
 from app.settings import Settings  # noqa: E402
 
 Sampler = Callable[[np.random.Generator, int], np.ndarray]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from app.runtime import load_model
+from app.serving.sessions import load_model
 from training.config import load_config
 from training.pipeline import run_pipeline
 

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-import app.runtime
+import app.serving.sessions
 import contract_models as cm
 from servekit import free_port, live_server, make_settings, reference_outputs, wait_for
 
@@ -29,13 +29,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def slow_inference(monkeypatch: pytest.MonkeyPatch) -> float:
     delay = 0.4
-    real = app.runtime.LoadedModel.infer
+    real = app.serving.sessions.LoadedModel.infer
 
     def slow(self, batch):  # type: ignore[no-untyped-def]
         time.sleep(delay)
         return real(self, batch)
 
-    monkeypatch.setattr(app.runtime.LoadedModel, "infer", slow)
+    monkeypatch.setattr(app.serving.sessions.LoadedModel, "infer", slow)
     return delay
 
 

@@ -4,32 +4,13 @@ rendered model checked for what the stack needs. No engine: `config` only parses
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from processes import compose, run_promtool
 
 ENV = {"GRAFANA_ADMIN_PASSWORD": "not-a-real-password"}
-
-
-def compose(
-    compose_bin: Path, workdir: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    # A clean environment and an empty --env-file: a developer's .env or shell cannot make
-    # the check pass or fail.
-    clean = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp")}
-    clean.update(env or {})
-    return subprocess.run(
-        [str(compose_bin), "--env-file", os.devnull, "--project-directory", str(workdir), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=clean,
-        cwd=workdir,
-    )
 
 
 def rendered(
@@ -146,7 +127,8 @@ def image_major(image: str) -> int:
 
 
 def promtool_major(promtool: Path) -> int:
-    out = subprocess.run([str(promtool), "--version"], capture_output=True, text=True, check=True)
+    out = run_promtool(promtool, "--version")
+    assert out.returncode == 0, out.stderr
     # "promtool, version 2.42.0+ds (branch: ...)"
     return int((out.stdout + out.stderr).split("version", 1)[1].split()[0].split(".")[0])
 

@@ -10,7 +10,6 @@ ports), the scrape and evaluation intervals (1 s) and the alerts' `for:` duratio
 from __future__ import annotations
 
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 import pytest
 import yaml
 from model_repo import MODEL_NAME, build_repository
-from service_process import free_port, running_service, stop
+from processes import free_port, running_prometheus, running_service, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.prometheus, pytest.mark.timeout(180)]
 
@@ -69,26 +68,6 @@ def prometheus_setup(
     return dest / "prometheus.yml"
 
 
-def wait_until(check, timeout_s: float, what: str, processes: list[subprocess.Popen[bytes]]) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        for process in processes:
-            if process.poll() is not None:
-                pytest.fail(
-                    f"{process.args[0]} exited with {process.returncode} while waiting for {what}"
-                )
-        try:
-            result = check()
-        except (httpx.HTTPError, ValueError, KeyError):
-            # Prometheus still starting: refused connections, an empty or partial body.
-            result = None
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.25)
-
-
 @pytest.fixture(params=["targets"])
 def stack(
     request: pytest.FixtureRequest, repo: Path, prometheus_bin: Path, tmp_path: Path
@@ -104,29 +83,16 @@ def stack(
         config = prometheus_setup(
             repo, tmp_path / "prometheus", service_port, prometheus_port, request.param
         )
-        with (tmp_path / "prometheus.log").open("wb") as log:
-            prometheus = subprocess.Popen(
-                [
-                    str(prometheus_bin),
-                    f"--config.file={config}",
-                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{prometheus_port}",
-                    "--log.level=warn",
-                ],
-                cwd=tmp_path,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            try:
+        try:
+            with running_prometheus(prometheus_bin, config, prometheus_port, tmp_path) as prometheus:
                 yield {
                     "service": service,
                     "prometheus": f"http://127.0.0.1:{prometheus_port}",
                     "inputs": inputs,
                     "processes": [process, prometheus],
                 }
-            finally:
-                stop(prometheus)
-                shutil.rmtree(tmp_path / "tsdb", ignore_errors=True)
+        finally:  # after Prometheus stopped
+            shutil.rmtree(tmp_path / "tsdb", ignore_errors=True)
 
 
 def alerts(client: httpx.Client, prometheus: str) -> dict[str, set[str]]:

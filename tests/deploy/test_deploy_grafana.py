@@ -13,6 +13,7 @@ import pytest
 import yaml
 from metric_catalog import SCRAPE_SERIES, design_series
 from monitoring_files import as_promql, dashboard_queries, load_dashboard, load_rules
+from processes import run_promtool
 from promql_names import metric_names
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,13 +91,7 @@ def check_queries_parse(
     ]
     path = tmp_path / "dashboard-queries.rules.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
-    return subprocess.run(
-        [str(promtool), "check", "rules", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_promtool(promtool, "check", "rules", str(path))
 
 
 def test_every_dashboard_query_is_valid_promql(repo: Path, promtool: Path, tmp_path: Path) -> None:

@@ -140,7 +140,7 @@ def test_multi_worker_service_exports_the_same_names(repo: Path, tmp_path: Path)
     """HYDRA_WORKERS=2 (Prometheus multiprocess mode): /metrics still has every name the
     dashboard and rules read, and hydra_model_info no per-process duplicates."""
     import httpx
-    from service_process import running_service, wait_ready
+    from processes import running_service, wait_ready
 
     inputs = build_repository(tmp_path / "models")
     with running_service(
@@ -199,7 +199,7 @@ def test_a_killed_worker_drops_out_of_the_live_gauges(tmp_path: Path) -> None:
 
     import httpx
     import psutil
-    from service_process import running_service, wait_ready
+    from processes import running_service, wait_ready
 
     build_repository(tmp_path / "models")
     metrics_dir = tmp_path / "metrics"

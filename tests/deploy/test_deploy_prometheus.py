@@ -4,20 +4,14 @@ every alert tested both ways, and rules reading only metrics the service exports
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 from metric_catalog import SCRAPE_SERIES, design_series
 from monitoring_files import alert_test_cases, load_rules
+from processes import run_promtool
 from promql_names import metric_names
-
-
-def promtool_run(promtool: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(promtool), *args], capture_output=True, text=True, timeout=60, check=False, cwd=cwd
-    )
 
 
 def copy_monitoring(repo: Path, dest: Path) -> Path:
@@ -38,7 +32,7 @@ def replace_in(path: Path, old: str, new: str) -> None:
 
 # ------------------------------------------------------------------ promtool check config
 def test_prometheus_config_is_valid(repo: Path, promtool: Path) -> None:
-    result = promtool_run(promtool, "check", "config", "prometheus.yml", cwd=repo / "docker")
+    result = run_promtool(promtool, "check", "config", "prometheus.yml", cwd=repo / "docker")
     assert result.returncode == 0, result.stdout + result.stderr
     # The config pulls in both rule files (relative to itself), so check config checked them.
     assert "SUCCESS: 2 rule files found" in result.stdout
@@ -47,7 +41,7 @@ def test_prometheus_config_is_valid(repo: Path, promtool: Path) -> None:
 def test_check_config_catches_a_planted_mistake(repo: Path, promtool: Path, tmp_path: Path) -> None:
     docker = copy_monitoring(repo, tmp_path)
     replace_in(docker / "prometheus.yml", "scrape_interval: 15s", "scrape_interval: 15 seconds")
-    result = promtool_run(promtool, "check", "config", "prometheus.yml", cwd=docker)
+    result = run_promtool(promtool, "check", "config", "prometheus.yml", cwd=docker)
     assert result.returncode != 0
     assert "not a valid duration string" in result.stdout + result.stderr
 
@@ -64,7 +58,7 @@ def test_scrape_config_reads_the_target_files(repo: Path) -> None:
 def test_rule_files_are_valid(repo: Path, promtool: Path) -> None:
     rules = sorted(str(p) for p in (repo / "docker" / "rules").glob("*.rules.yml"))
     assert len(rules) == 2
-    result = promtool_run(promtool, "check", "rules", *rules, cwd=repo)
+    result = run_promtool(promtool, "check", "rules", *rules, cwd=repo)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -72,7 +66,7 @@ def test_check_rules_catches_a_planted_mistake(repo: Path, promtool: Path, tmp_p
     docker = copy_monitoring(repo, tmp_path)
     alerts = docker / "rules" / "hydra-alerts.rules.yml"
     replace_in(alerts, 'expr: up{job="hydra"} == 0', 'expr: up{job="hydra"} == = 0')
-    result = promtool_run(promtool, "check", "rules", str(alerts), cwd=docker)
+    result = run_promtool(promtool, "check", "rules", str(alerts), cwd=docker)
     assert result.returncode != 0
     assert "parse error" in result.stdout + result.stderr
 
@@ -81,7 +75,7 @@ def test_check_rules_catches_a_planted_mistake(repo: Path, promtool: Path, tmp_p
 def test_rule_unit_tests_pass(repo: Path, promtool: Path) -> None:
     tests = sorted(str(p) for p in (repo / "docker" / "rules" / "tests").glob("*.yml"))
     assert tests
-    result = promtool_run(promtool, "test", "rules", *tests, cwd=repo)
+    result = run_promtool(promtool, "test", "rules", *tests, cwd=repo)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
 
@@ -96,7 +90,7 @@ def test_rule_unit_tests_catch_a_planted_mistake(
         'hydra_uncertainty_drift_psi{component="model"} > 0.2',
         'hydra_uncertainty_drift_psi{component="model"} > 0.5',
     )
-    result = promtool_run(promtool, "test", "rules", "rules/tests/hydra.test.yml", cwd=docker)
+    result = run_promtool(promtool, "test", "rules", "rules/tests/hydra.test.yml", cwd=docker)
     assert result.returncode != 0
     out = result.stdout + result.stderr
     assert "alertname: HydraModelUncertaintyDrift" in out

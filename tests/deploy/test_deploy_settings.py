@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 from dockerfile_model import parse
+from processes import compose
 
 PREFIX = "HYDRA_"
 
@@ -43,16 +43,9 @@ def settings_problems(env: dict[str, str | None], monkeypatch: pytest.MonkeyPatc
 def compose_environment(
     compose_bin: Path, repo: Path, extra: dict[str, str]
 ) -> dict[str, str | None]:
-    env = {"PATH": os.environ.get("PATH", ""), "GRAFANA_ADMIN_PASSWORD": "x", **extra}
-    result = subprocess.run(
-        [str(compose_bin), "--env-file", os.devnull, "config", "--format", "json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-        env=env,
-        cwd=repo,
-    )
+    result = compose(compose_bin, repo, "config", "--format", "json",
+                     env={"GRAFANA_ADMIN_PASSWORD": "x", **extra})
+    assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)["services"]["hydra"]["environment"]
 
 

@@ -1,4 +1,4 @@
-"""Load a model file into ONNX Runtime, check it against the contract, warm it up.
+"""ONNX Runtime sessions: load a model file, check it against the contract, warm it up.
 
 Nothing here touches the event loop: loading and ``LoadedModel.infer`` are blocking and run
 in worker threads.
@@ -18,9 +18,10 @@ import onnxruntime as ort
 from contract.onnxrt import session_options
 from contract.model import INPUT_NAME, ContractError, ModelMetadata, expected_output_shapes
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("app.runtime")  # the name log lines carry (their "logger" field)
 
-Outputs = dict[str, npt.NDArray[np.generic]]
+# One inference's arrays by output name: the graph's outputs and the service's extra ones.
+OutputArrays = dict[str, npt.NDArray[np.generic]]
 # Outputs the service adds to the graph's: argmax of the mean probabilities and the OOD flag
 # with its conformal p-value, all [B].
 EXTRA_OUTPUTS = ("predicted_class", "is_ood", "ood_p_value")
@@ -47,11 +48,11 @@ class LoadedModel:
         """[-1, *feature_shape]: -1 is the dynamic batch, as the V2 metadata writes it."""
         return [-1, *self.meta.feature_shape]
 
-    def infer(self, batch: npt.NDArray[np.float32]) -> Outputs:
+    def infer(self, batch: npt.NDArray[np.float32]) -> OutputArrays:
         """Run the graph on [B, *feature_shape] float32; add the service's extra outputs."""
         names = self.meta.output_names
         values = self.session.run(names, {INPUT_NAME: batch})
-        out: Outputs = dict(zip(names, values))
+        out: OutputArrays = dict(zip(names, values))
         if self.meta.task == "classification":
             out["predicted_class"] = np.argmax(out["mean_probs"], axis=1).astype(np.int64)
         calibration = self.meta.ood

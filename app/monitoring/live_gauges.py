@@ -1,4 +1,5 @@
-"""Gauges that describe what a target serves right now, computed from the service's state.
+"""Live gauges: what a target serves right now, computed from the service's state at scrape
+time.
 
 Queue depth, drift, the loaded versions and readiness are not kept in gauges that code sets
 and must remember to remove: each scrape derives them from a snapshot of the repository
@@ -31,9 +32,10 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import mark_process_dead
 from prometheus_client.registry import Collector
 
+from app.monitoring.live_drift import DriftWindow
 from contract.drift import DriftReference
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("app.live_state")  # the name log lines carry (their "logger" field)
 
 STATE_PREFIX = "hydra_live_"
 VERSION_LABELS = ("model", "version")
@@ -64,20 +66,6 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
         DRIFT_LABELS,
     ),
 }
-
-
-@dataclass(frozen=True)
-class DriftWindow:
-    """One component's live window as bin counts, with the reference they are judged by."""
-
-    edges: tuple[float, ...]
-    expected: tuple[float, ...]
-    counts: tuple[int, ...]
-    n_reference: int | None
-
-    @property
-    def n(self) -> int:
-        return sum(self.counts)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from app.batching import Batcher, BatchObserver
+from app.serving.batching import BatchAnswer, Batcher, BatchObserver
 from app.errors import InferenceTimeout, ModelNotReady, NonFiniteOutput, Overloaded
 
 
@@ -40,20 +40,19 @@ def run(coro):  # type: ignore[no-untyped-def]
 def test_concurrent_requests_share_one_call_and_get_their_own_rows() -> None:
     rec = Recorder()
 
-    notes: list[dict] = [{} for _ in range(8)]
-
-    async def main() -> list[np.ndarray]:
+    async def main() -> list[BatchAnswer]:
         b = Batcher(rec, max_batch_size=64, max_delay_s=0.05, queue_size=100, label="t")
         b.start()
-        results = await asyncio.gather(*[b.submit(rows(2, 10 * i), 5.0, notes[i]) for i in range(8)])
+        results = await asyncio.gather(*[b.submit(rows(2, 10 * i), 5.0) for i in range(8)])
         await b.close()
-        return [r["sum"] for r in results]
+        return list(results)
 
-    sums = run(main())
+    answers = run(main())
     assert rec.calls == [16]  # 8 requests x 2 rows, one ORT call
-    assert notes == [{"batch_size": 16}] * 8
-    for i, s in enumerate(sums):
-        np.testing.assert_allclose(s, [4 * (10 * i), 4 * (10 * i + 1)])
+    assert [a.batch_size for a in answers] == [16] * 8  # each answer says the call's size
+    assert all(0.0 <= a.queue_wait_s < 5.0 for a in answers)
+    for i, a in enumerate(answers):
+        np.testing.assert_allclose(a.outputs["sum"], [4 * (10 * i), 4 * (10 * i + 1)])
     assert all(name.startswith("ort-t") for name in rec.threads)  # never the event loop
 
 
@@ -135,7 +134,7 @@ def test_close_drains_queue_and_refuses_new_work() -> None:
         await asyncio.sleep(0)
         await b.close()
         results = await asyncio.gather(*tasks)
-        assert [float(r["sum"][0]) for r in results] == [0.0, 4.0, 8.0, 12.0]
+        assert [float(r.outputs["sum"][0]) for r in results] == [0.0, 4.0, 8.0, 12.0]
         with pytest.raises(ModelNotReady, match="shutting down"):
             await b.submit(rows(1, 0), 1.0)
 
@@ -160,7 +159,7 @@ def test_failing_inference_fails_requests_not_worker() -> None:
         with pytest.raises(InferenceFailed, match="RuntimeError"):
             await b.submit(rows(1, 0), 1.0)
         ok = await b.submit(rows(1, 1), 1.0)
-        assert float(ok["sum"][0]) == 4.0
+        assert float(ok.outputs["sum"][0]) == 4.0
         await b.close()
 
     run(main())
@@ -209,8 +208,8 @@ def test_non_finite_rows_fail_only_their_request_and_never_reach_the_observer() 
     assert second.message.startswith(
         "instance 2: the model's outputs are not finite (NaN or infinity in sum, pair)"
     )
-    np.testing.assert_allclose(first["sum"], [40.0, 44.0])
-    np.testing.assert_allclose(third["sum"], [80.0])
+    np.testing.assert_allclose(first.outputs["sum"], [40.0, 44.0])
+    np.testing.assert_allclose(third.outputs["sum"], [80.0])
     assert len(observed.batches) == 1
     size, waits, outputs = observed.batches[0]
     assert size == 6 and waits == 2  # one call of 6 rows; 2 requests answered
@@ -248,7 +247,7 @@ def test_a_failing_batch_is_retried_per_request() -> None:
         "were answered without it, and the service logged the details"
     )
     for i in (0, 1, 3, 4):
-        np.testing.assert_allclose(results[i]["sum"], [40.0 * i])
+        np.testing.assert_allclose(results[i].outputs["sum"], [40.0 * i])
     assert calls == [5, 1, 1, 1, 1, 1]  # the batch, then each request alone
     assert sorted(observed.rows()) == [0.0, 40.0, 120.0, 160.0]
 

@@ -12,7 +12,7 @@ import pytest
 
 import contract_models as cm
 from contract.model import ContractError
-from app.runtime import load_model
+from app.serving.sessions import load_model
 from servekit import CPU, reference_outputs
 
 

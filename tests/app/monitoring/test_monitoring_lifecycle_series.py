@@ -18,7 +18,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 import contract_models as cm
 from contract.drift import DriftReference
-from app.live_state import DriftWindow, LiveStateExchange, VersionState, WorkerState
+from app.monitoring.live_drift import DriftWindow
+from app.monitoring.live_gauges import LiveStateExchange, VersionState, WorkerState
 from servekit import make_settings, serve, wait_for
 
 V1 = "/v1/models/digits:predict"
@@ -129,8 +130,8 @@ def test_workers_pool_their_windows_and_a_dead_worker_disappears(tmp_path: Path)
 
 
 def test_non_finite_outputs_never_reach_a_histogram(tmp_path: Path, classifier: cm.BuiltModel) -> None:
-    from app.metrics import ServiceMetrics
-    from app.runtime import load_model
+    from app.monitoring.service_metrics import ServiceMetrics
+    from app.serving.sessions import load_model
 
     cm.write_version(tmp_path, "digits", 1, classifier.data)
     model = load_model("digits", 1, tmp_path / "digits" / "1" / "model.onnx", providers=["CPUExecutionProvider"])

@@ -157,3 +157,21 @@ def test_api_key(repo: Path) -> None:
     assert wrong_v2.status_code == 403 and set(wrong_v2.json()) == {"error"}
     assert bearer.status_code == 200 and header.status_code == 200
     assert open_paths == [200, 200, 200]
+
+
+def test_every_error_status_is_in_the_one_table(repo: Path) -> None:
+    """The statuses the service's errors carry are the table's, and the OpenAPI entries are
+    read from it: every status for the inference routes, the metadata subset elsewhere."""
+    from app.api.error_responses import ERROR_STATUSES, METADATA_ERROR_STATUSES
+    from app.errors import ServiceError
+
+    def subclasses(cls: type) -> list[type]:
+        return [c for sub in cls.__subclasses__() for c in (sub, *subclasses(sub))]
+
+    assert {c.status for c in subclasses(ServiceError)} <= set(ERROR_STATUSES)
+    with serve(make_settings(repo)) as (client, _, _):
+        spec = client.get("/openapi.json").json()
+    predict = spec["paths"]["/v1/models/{name}:predict"]["post"]["responses"]
+    assert sorted(int(s) for s in predict if s != "200") == sorted(ERROR_STATUSES)
+    status = spec["paths"]["/v1/models/{name}"]["get"]["responses"]
+    assert sorted(int(s) for s in status if s not in ("200", "422")) == sorted(METADATA_ERROR_STATUSES)

@@ -32,17 +32,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.batching import Batcher, BatchObserver
-from contract.model import ContractError
 from app.errors import ModelNotFound, ModelNotReady
-from app.live_state import LiveStateExchange, VersionState, WorkerState
-from app.metrics import ServiceMetrics, multiprocess_enabled
-from app.monitoring import DriftMonitor
-from app.runtime import LoadedModel, Outputs, load_model
+from app.monitoring.live_drift import DriftMonitor
+from app.monitoring.live_gauges import LiveStateExchange, VersionState, WorkerState
+from app.monitoring.service_metrics import ServiceMetrics, multiprocess_enabled
+from app.serving.batching import Batcher, BatchObserver
+from app.serving.sessions import LoadedModel, OutputArrays, load_model
 from app.settings import Settings
 from contract.layout import MODEL_FILE, NAME_PATTERN, version_of
+from contract.model import ContractError
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("app.repository")  # the name log lines carry (their "logger" field)
 
 PUBLISH_INTERVAL_S = 1.0  # multiprocess mode: how often a worker publishes its live gauges
 
@@ -147,9 +147,9 @@ class _Observer(BatchObserver):
         self._wait = m.queue_wait.labels(name)
 
     def queue_depth(self, depth: int) -> None:
-        pass  # read from the batcher at scrape time (app/live_state.py)
+        pass  # read from the batcher at scrape time (app/monitoring/live_gauges.py)
 
-    def batch_done(self, size: int, duration_s: float, waits_s: list[float], outputs: Outputs) -> None:
+    def batch_done(self, size: int, duration_s: float, waits_s: list[float], outputs: OutputArrays) -> None:
         self._batch_size.observe(size)
         self._duration.observe(duration_s)
         for w in waits_s:
@@ -229,7 +229,7 @@ class ModelRepository:
         return served
 
     def live_state(self) -> WorkerState:
-        """What this process serves now, for the live gauges (app/live_state.py)."""
+        """What this process serves now, for the live gauges (app/monitoring/live_gauges.py)."""
         versions = []
         for name, by_version in sorted(self._table.items()):
             default = max(by_version)

@@ -1,4 +1,5 @@
-"""OpenAPI for the inference endpoints, which are plain Starlette routes.
+"""OpenAPI for the inference endpoints, which are plain Starlette routes, and the schema of
+the whole service.
 
 FastAPI's per-request machinery (dependency resolution, response-model handling) costs
 about 0.1 ms of CPU per request on this stack, a quarter of the service's whole per-request
@@ -22,7 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import Scope
 
-ERROR_STATUSES = (400, 401, 403, 404, 405, 413, 422, 500, 503, 504)
+from app.api.error_responses import INFERENCE_ERROR_STATUSES
 
 
 class TemplatedRoute(Route):
@@ -44,6 +45,8 @@ class TemplatedRoute(Route):
 
 @dataclass(frozen=True)
 class InferenceRoute:
+    """An inference endpoint: its Starlette route and its OpenAPI operation."""
+
     path: str
     endpoint: Callable[[Request], Awaitable[Response]]
     summary: str
@@ -66,7 +69,7 @@ class InferenceRoute:
         responses: dict[str, Any] = {
             "200": {"description": "Successful Response", "content": ref(self.response_model)}
         }
-        for status in ERROR_STATUSES:
+        for status in INFERENCE_ERROR_STATUSES:
             responses[str(status)] = {"description": "Error", "content": ref(self.error_model)}
         return {
             "tags": [self.tag],
@@ -79,6 +82,7 @@ class InferenceRoute:
 
 
 def build_openapi(app: FastAPI, inference: Sequence[InferenceRoute]) -> dict[str, Any]:
+    """FastAPI's schema of the ordinary routes, with the inference operations added."""
     schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     for item in inference:
@@ -88,3 +92,14 @@ def build_openapi(app: FastAPI, inference: Sequence[InferenceRoute]) -> dict[str
             components.update(extra.pop("$defs", {}))
             components[model.__name__] = extra
     return schema
+
+
+def install_openapi(app: FastAPI, inference: Sequence[InferenceRoute]) -> None:
+    """Serve ``build_openapi``'s schema (built once, on first request) as /openapi.json."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = build_openapi(app, inference)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,5 +1,9 @@
-"""HTTP plumbing: the JSON response class, protocol-shaped errors, and the one ASGI
-middleware (request size limit before any parsing; HTTP metrics and a log line per request)."""
+"""The one ASGI middleware (request size limit before any parsing; HTTP metrics and one
+access log line per request), and the notes route handlers leave for that line.
+
+The access log line's fields beyond method, route, status and duration come from the
+request's state dict: the inference routes fill it with ``note_request`` and ``note_batch``,
+nothing below the HTTP layer writes into it."""
 
 from __future__ import annotations
 
@@ -7,36 +11,27 @@ import logging
 import time
 from typing import Any
 
-import orjson
-from starlette.responses import Response
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import BodyTooLarge, ServiceError
-from app.metrics import ServiceMetrics
+from app.api.error_responses import error_response
+from app.errors import BodyTooLarge
+from app.monitoring.service_metrics import ServiceMetrics
 
-logger = logging.getLogger("app.access")
-
-
-class OrjsonResponse(Response):
-    """JSON via orjson; numpy arrays and scalars serialise natively."""
-
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+logger = logging.getLogger("app.access")  # the name log lines carry (their "logger" field)
 
 
-def error_body(path: str, code: str, message: str) -> dict[str, str]:
-    """V2 (Open Inference Protocol) errors are ``{"error": ...}``; elsewhere a code is added."""
-    if path.startswith("/v2"):
-        return {"error": message}
-    return {"error": message, "code": code}
+def note_request(request: Request, model: str, version: int, instances: int) -> None:
+    """What the access log line reports of an inference request, once its input is decoded."""
+    state = request.scope["state"]  # the dict the access log middleware reads
+    state["model"] = model
+    state["version"] = version
+    state["instances"] = instances
 
 
-def error_response(path: str, exc: ServiceError) -> OrjsonResponse:
-    return OrjsonResponse(
-        error_body(path, exc.code, exc.message), status_code=exc.status, headers=exc.headers
-    )
+def note_batch(request: Request, batch_size: int) -> None:
+    """The instances in the ONNX Runtime call that answered the request."""
+    request.scope["state"]["batch_size"] = batch_size
 
 
 def _route_label(scope: Scope) -> str:

@@ -1,79 +1,23 @@
-"""What the route handlers share: the repository dependency, the API key check, body
-parsing (a structure check before it, the parser thread for large bodies), strict integers
-from paths and headers, and the request notes for the access log.
-
-The inference handlers call these directly instead of declaring FastAPI dependencies:
-resolving dependencies costs more per request than the checks themselves. The one
-dependencies left are ``async def`` (FastAPI runs plain functions in a thread pool)."""
+"""Request bodies and path values: JSON parsing (a structure check before it, the parser
+thread for large bodies), validation into the request schemas, and strict integers from
+paths and headers. Every failure is a 400 that says what was expected."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import orjson
-from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
 
-from app.errors import Forbidden, InvalidInput, InvalidJson, Unauthenticated
-from app.repository import ModelRepository
+from app.errors import InvalidInput, InvalidJson
 from app.settings import Settings
 
-
-async def get_repository(request: Request) -> ModelRepository:
-    return request.app.state.repository
-
-
 BodyT = TypeVar("BodyT", bound=BaseModel)
-RepositoryDep = Annotated[ModelRepository, Depends(get_repository)]
-
-
-def _given_key(request: Request) -> str | None:
-    given = request.headers.get("x-api-key")
-    auth = request.headers.get("authorization")
-    if given is None and auth is not None:
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            given = token.strip()
-    return given
-
-
-def check_api_key(request: Request, settings: Settings) -> None:
-    """``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` when a key is set.
-
-    Inference and metadata endpoints; the handlers of the two inference routes call it
-    themselves (no FastAPI dependency on the hot path)."""
-    if settings.api_key is None:
-        return
-    given = _given_key(request)
-    if given is None:
-        raise Unauthenticated(
-            "API key expected in an 'Authorization: Bearer <key>' or 'X-API-Key' header, got none"
-        )
-    if not hmac.compare_digest(given.encode(), settings.api_key.get_secret_value().encode()):
-        raise Forbidden("the API key given is not valid for this service")
-
-
-def has_api_access(request: Request) -> bool:
-    """True when no key is set or the request carries the right one (never raises)."""
-    try:
-        check_api_key(request, request.app.state.settings)
-    except (Unauthenticated, Forbidden):
-        return False
-    return True
-
-
-async def require_api_key(request: Request) -> None:
-    """The metadata routes' dependency: model names, versions and calibration are not
-    public when a key is set."""
-    check_api_key(request, request.app.state.settings)
-
-
-ApiKeyDep = Depends(require_api_key)
 
 # JSON literals some encoders write for non-finite floats (Python's json.dumps does).
 _NON_FINITE_LITERALS = (b"NaN", b"Infinity", b"nan", b"inf", b"-Infinity")
@@ -159,11 +103,3 @@ def parse_version(version: str) -> int:
             f"model version must be a non-negative integer of 1 to 18 ASCII digits, got {version[:40]!r}"
         )
     return value
-
-
-def note_request(request: Request, model: str, version: int, instances: int) -> None:
-    """What the access log line reports besides method, route and status."""
-    state = request.scope["state"]  # the dict the access log middleware reads
-    state["model"] = model
-    state["version"] = version
-    state["instances"] = instances

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-import app.runtime
+import app.serving.sessions
 import contract_models as cm
 from servekit import live_server, make_settings, reference_outputs
 
@@ -27,10 +27,10 @@ def test_one_failing_request_does_not_fail_its_batch(
 ) -> None:
     cm.write_version(tmp_path, "digits", 1, failing_classifier.data)
     calls: list[int] = []
-    real = app.runtime.LoadedModel.infer
+    real = app.serving.sessions.LoadedModel.infer
     first = threading.Event()
 
-    def recorded(self: app.runtime.LoadedModel, batch: np.ndarray) -> dict:
+    def recorded(self: app.serving.sessions.LoadedModel, batch: np.ndarray) -> dict:
         calls.append(len(batch))
         if batch[0, 0] == 7.0 and not first.is_set():  # the blocker: everything else queues behind it
             first.set()
@@ -39,7 +39,7 @@ def test_one_failing_request_does_not_fail_its_batch(
 
     x = digits["test_x"][:12]
     ref = reference_outputs(failing_classifier.data, x)
-    monkeypatch.setattr(app.runtime.LoadedModel, "infer", recorded)  # before the batcher binds it
+    monkeypatch.setattr(app.serving.sessions.LoadedModel, "infer", recorded)  # before the batcher binds it
     with live_server(make_settings(tmp_path, max_batch_delay_ms=50.0)) as (server, _, registry):
         calls.clear()
         with ThreadPoolExecutor(16) as pool:

@@ -1,8 +1,10 @@
-"""Prometheus metrics, built on a registry that is passed in.
+"""The service's Prometheus metrics, built on a registry that is passed in, and their
+exposition for /metrics.
 
 Counters and histograms live here. The gauges that describe what is loaded right now (model
 info, OOD alpha, queue depth, drift, readiness) are derived from the repository's state at
-scrape time by app/live_state.py, so they appear and disappear with what they describe.
+scrape time by app/monitoring/live_gauges.py, so they appear and disappear with what they
+describe.
 
 Uncertainty histograms have per-version buckets: a fixed grid plus the model's calibration
 quantiles (the drift reference's equal-mass bin edges, the OOD score's quantiles) and its
@@ -21,17 +23,18 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from contract.model import UNCERTAINTY_COMPONENTS
-from app.live_state import LiveCollector, WorkerState
-from app.runtime import LoadedModel
+from app.monitoring.live_gauges import LiveCollector, WorkerState
+from contract.model import UNCERTAINTY_COMPONENTS, ModelMetadata
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("app.metrics")  # the name log lines carry (their "logger" field)
 
 UNCERTAINTY_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 0.5, 1.0, 1.5, 2.0, 3.0, 10.0, 100.0)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -39,8 +42,31 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 TASKS = ("classification", "regression")
 
 
+class ModelVersion(Protocol):
+    """What the metrics need to know of a served model version (a loaded model has it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def meta(self) -> ModelMetadata: ...
+
+
 def multiprocess_enabled() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The text format /metrics answers: this registry, or with several workers the merged
+    files of all of them."""
+    if multiprocess_enabled():
+        scrape = CollectorRegistry()
+        MultiProcessCollector(scrape)
+        return generate_latest(scrape)
+    return generate_latest(registry)
 
 
 def uncertainty_metric(task: str, component: str) -> str:
@@ -61,7 +87,7 @@ _DOC = {
 }
 
 
-def uncertainty_buckets(model: LoadedModel, component: str) -> list[float]:
+def uncertainty_buckets(model: ModelVersion, component: str) -> list[float]:
     """Sorted bucket bounds for one component: grid + calibration quantiles + threshold."""
     bounds = set(UNCERTAINTY_GRID)
     reference = model.meta.drift.get(component)
@@ -136,13 +162,13 @@ class ServiceMetrics:
 
     def attach_state(self, state: Callable[[], WorkerState], min_samples: int) -> None:
         """Single process: the live gauges read ``state()`` at every scrape (multiprocess
-        mode publishes them through files instead; see app/live_state.py)."""
+        mode publishes them through files instead; see app/monitoring/live_gauges.py)."""
         if multiprocess_enabled() or self._live is not None:
             return
         self._live = LiveCollector(state, min_samples)
         self.registry.register(self._live)
 
-    def model_loaded(self, model: LoadedModel) -> None:
+    def model_loaded(self, model: ModelVersion) -> None:
         key = (model.name, str(model.version))
         for component in UNCERTAINTY_COMPONENTS:
             name = uncertainty_metric(model.meta.task, component)
@@ -151,12 +177,12 @@ class ServiceMetrics:
                 ["model", "version"], buckets=uncertainty_buckets(model, component), registry=None,
             )
 
-    def model_unloaded(self, model: LoadedModel) -> None:
+    def model_unloaded(self, model: ModelVersion) -> None:
         key = (model.name, str(model.version))
         for by_version in self._uncertainty.histograms.values():
             by_version.pop(key, None)
 
-    def observe_predictions(self, model: LoadedModel, outputs: dict[str, np.ndarray]) -> None:
+    def observe_predictions(self, model: ModelVersion, outputs: dict[str, np.ndarray]) -> None:
         """Count and histogram one batch of outputs [B]. Non-finite values are never observed
         (one would poison a histogram's sum for good); they are logged."""
         key = (model.name, str(model.version))

@@ -14,8 +14,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-import app.repository
-import app.runtime
+import app.serving.repository
+import app.serving.sessions
 import contract_models as cm
 from servekit import make_settings, reference_outputs, serve, wait_for
 
@@ -83,13 +83,13 @@ def test_file_written_slowly_in_place_is_loaded_once_complete_and_only_then(
     tried on a partial file, nothing is refused, and the complete file is served."""
     cm.write_version(tmp_path, "digits", 1, classifier.data)
     attempts: list[int] = []
-    real_load = app.runtime.load_model
+    real_load = app.serving.sessions.load_model
 
-    def spy(name: str, version: int, path: Path, **kw: object) -> app.runtime.LoadedModel:
+    def spy(name: str, version: int, path: Path, **kw: object) -> app.serving.sessions.LoadedModel:
         attempts.append(path.stat().st_size if version == 2 else -1)
         return real_load(name, version, path, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(app.repository, "load_model", spy)
+    monkeypatch.setattr(app.serving.repository, "load_model", spy)
     data = classifier_b.data
     target = tmp_path / "digits" / "2" / "model.onnx"
     target.parent.mkdir()
@@ -154,14 +154,14 @@ def test_one_bad_version_never_stops_the_scan(
         cm.write_version(tmp_path, "aaa", 1, with_metadata(classifier.data, feature_shape="[Infinity]"))
     else:
         cm.write_version(tmp_path, "aaa", 1, classifier.data)
-        real = app.runtime.warm_up
+        real = app.serving.sessions.warm_up
 
-        def warm_up(model: app.runtime.LoadedModel) -> None:
+        def warm_up(model: app.serving.sessions.LoadedModel) -> None:
             if model.name == "aaa":
                 raise RuntimeError("an unforeseen failure")
             real(model)
 
-        monkeypatch.setattr(app.runtime, "warm_up", warm_up)
+        monkeypatch.setattr(app.serving.sessions, "warm_up", warm_up)
     for name, version, data in (("digits", 1, classifier.data), ("digits", 2, classifier_b.data),
                                 ("zzz", 1, classifier.data)):
         cm.write_version(tmp_path, name, version, data)
@@ -192,5 +192,5 @@ def test_a_request_that_found_a_version_just_before_it_left_is_answered(
         shutil.rmtree(tmp_path / "digits" / "2")
         wait_for(lambda: repo.versions("digits") == [1], what="version 2 unloaded")
         x = np.zeros((2, 64), dtype=np.float32)
-        out = client.portal.call(found.batcher.submit, x, 5.0)
-    np.testing.assert_allclose(out["mean_probs"], reference_outputs(classifier_b.data, x)["mean_probs"], atol=1e-5)
+        answer = client.portal.call(found.batcher.submit, x, 5.0)
+    np.testing.assert_allclose(answer.outputs["mean_probs"], reference_outputs(classifier_b.data, x)["mean_probs"], atol=1e-5)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from app.runtime import measure_parity, provider_specs
+from app.serving.sessions import measure_parity, provider_specs
 from contract.onnxrt import session_options
 from tests.app.contract_models import BuiltModel
 
@@ -49,7 +49,7 @@ def test_parity_is_shown_in_metadata_only_on_an_accelerator(repo, classifier: Bu
 
 
 def test_the_tf32_setting_reaches_the_loader(repo, monkeypatch) -> None:  # noqa: ANN001
-    import app.repository as repository_module
+    import app.serving.repository as repository_module
     from app.settings import Settings
     from tests.app.servekit import make_settings, serve
 

@@ -1,15 +1,32 @@
-"""Live drift monitoring: a sliding window of recent uncertainties per model version and
-component, compared with the version's calibration reference (contract/drift.py: PSI and a
-chi-square p-value)."""
+"""Live drift, the serving half: a sliding window of recent uncertainties per model version and
+component, counted into the bins of the version's calibration reference.
+
+The reference and the statistics (PSI and a chi-square p-value) are the shared half, in
+contract/drift.py; the gauges that publish them are app/monitoring/live_gauges.py."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from contract.model import UNCERTAINTY_COMPONENTS
 from contract.drift import DriftReference, DriftStatistic
-from app.live_state import DriftWindow
+from contract.model import UNCERTAINTY_COMPONENTS
+
+
+@dataclass(frozen=True)
+class DriftWindow:
+    """One component's live window as bin counts, with the reference they are judged by."""
+
+    edges: tuple[float, ...]
+    expected: tuple[float, ...]
+    counts: tuple[int, ...]
+    n_reference: int | None
+
+    @property
+    def n(self) -> int:
+        return sum(self.counts)
 
 
 class ScoreWindow:
@@ -46,7 +63,8 @@ class ScoreWindow:
 
 class DriftMonitor:
     """The last ``window`` uncertainties of one model version's traffic, per component, kept
-    for the drift statistics (app/live_state.py turns the bin counts into PSI and p-value).
+    for the drift statistics (app/monitoring/live_gauges.py turns the bin counts into PSI and
+    p-value).
 
     Non-finite scores are not kept: they belong to no bin and would hide in the counts.
     """

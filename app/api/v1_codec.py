@@ -1,30 +1,77 @@
-"""KServe V1 style endpoints: rich per-instance predictions with uncertainty and OOD."""
+"""The V1 codec (KServe V1 style): a ``{"instances": [...]}`` body to an input batch, and the
+outputs of one inference to rich per-instance predictions with uncertainty and OOD.
+
+V1 instances may each be nested to ``feature_shape`` or be a flat list of
+``prod(feature_shape)`` numbers (row-major)."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Request
 
-from app.deps import (
-    ApiKeyDep, RepositoryDep, check_api_key, check_structure, note_request, off_loop, parse_body,
+from app.api.parsing import check_structure, parse_body
+from app.api.schemas import V1PredictRequest
+from app.api.tensors import (
+    FloatBatch, body_budget, check_batch_size, check_finite, check_response_size, numeric_array,
 )
-from app.http import OrjsonResponse
-from app.openapi import InferenceRoute
-from app.repository import ServedModel
-from app.runtime import Outputs
-from app.schemas import V1Error, V1PredictRequest, V1PredictResponse
+from app.errors import InvalidInput
+from app.serving.repository import ServedModel
+from app.serving.sessions import OutputArrays
 from app.settings import Settings
 from contract.model import ModelMetadata
-from app.tensors import body_budget, check_response_size, instances_to_batch
 
-router = APIRouter(prefix="/v1", tags=["v1"])
+EXPECTED = '{"instances": [...]}'
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": V1Error} for code in (400, 401, 403, 404, 413, 503, 504)
-}
-_EXPECTED = '{"instances": [...]}'
+
+@dataclass(frozen=True)
+class PredictRequest:
+    """A decoded V1 predict request."""
+
+    batch: FloatBatch  # [B, *feature_shape]
+    return_heads: bool
+
+
+def decode_predict(raw: bytes, meta: ModelMetadata, settings: Settings) -> PredictRequest:
+    """The body of a predict request for this model; every check that needs no inference,
+    the bound on the answer's size included."""
+    budget = body_budget(meta.feature_shape, settings.max_instances)
+    check_structure(raw, budget.max_values, budget.max_containers, budget.expected)
+    body = parse_body(raw, V1PredictRequest, EXPECTED)
+    batch = instances_to_batch(
+        body.instances, meta.feature_shape, settings.max_instances,
+        check_booleans=b"true" in raw or b"false" in raw,
+    )
+    return_heads = body.parameters.return_heads
+    check_response_size(len(batch), values_per_row(meta, return_heads), settings.max_response_values)
+    return PredictRequest(batch, return_heads)
+
+
+def instances_to_batch(
+    instances: list[Any], feature_shape: tuple[int, ...], max_instances: int,
+    *, check_booleans: bool = True,
+) -> FloatBatch:
+    """V1 ``instances`` -> float32 [B, *feature_shape]."""
+    if not isinstance(instances, list):
+        raise InvalidInput(f"'instances' must be a list, got {type(instances).__name__}")
+    check_batch_size(len(instances), max_instances, "'instances'")
+    arr = numeric_array(instances, "'instances'", check_booleans=check_booleans)
+    flat = math.prod(feature_shape)
+    per = tuple(arr.shape[1:])
+    if per == feature_shape:
+        pass
+    elif per == (flat,):
+        arr = arr.reshape(len(arr), *feature_shape)
+    else:
+        raise InvalidInput(
+            f"each instance must have shape {list(feature_shape)} (or be a flat list of {flat} "
+            f"numbers), got shape {list(per)}"
+        )
+    with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused just below
+        batch = np.ascontiguousarray(arr, dtype=np.float32)
+    return check_finite(batch, "'instances'")
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -34,9 +81,8 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def predictions(served: ServedModel, out: Outputs, return_heads: bool) -> list[dict[str, Any]]:
+def predictions(meta: ModelMetadata, out: OutputArrays, return_heads: bool) -> list[dict[str, Any]]:
     """One dict per instance; arrays are turned into lists once per batch, not per value."""
-    meta = served.model.meta
     calibration = meta.ood
     n = len(out["total_uncertainty"])
     total = out["total_uncertainty"].tolist()
@@ -97,54 +143,24 @@ def values_per_row(meta: ModelMetadata, return_heads: bool) -> int:
     return 2 * dim + common + (meta.num_heads * 2 * dim if return_heads else 0)
 
 
-async def predict(request: Request) -> OrjsonResponse:
-    """A plain Starlette endpoint (see app.openapi): checks and parses its own body."""
-    name: str = request.path_params["name"]
-    settings: Settings = request.app.state.settings
-    check_api_key(request, settings)
-    served = request.app.state.repository.get(name)
-    model = served.model
-    raw = await request.body()
-    budget = body_budget(model.meta.feature_shape, settings.max_instances)
-
-    def parse() -> tuple[V1PredictRequest, np.ndarray]:
-        check_structure(raw, budget.max_values, budget.max_containers, budget.expected)
-        body = parse_body(raw, V1PredictRequest, _EXPECTED)
-        batch = instances_to_batch(
-            body.instances, model.meta.feature_shape, settings.max_instances,
-            check_booleans=b"true" in raw or b"false" in raw,
-        )
-        return body, batch
-
-    body, batch = await off_loop(request, len(raw), parse)
-    check_response_size(
-        len(batch), values_per_row(model.meta, body.parameters.return_heads), settings.max_response_values
-    )
-    note_request(request, name, model.version, len(batch))
-    out = await served.batcher.submit(batch, settings.request_timeout_s, request.scope["state"])
-    return OrjsonResponse(
-        {
-            "model_name": name,
-            "model_version": str(model.version),
-            "predictions": predictions(served, out, body.parameters.return_heads),
-        }
-    )
+def predict_body(name: str, version: int, meta: ModelMetadata, outputs: OutputArrays,
+                 return_heads: bool) -> dict[str, Any]:
+    """The answer to a predict request."""
+    return {
+        "model_name": name,
+        "model_version": str(version),
+        "predictions": predictions(meta, outputs, return_heads),
+    }
 
 
-@router.get("/models", summary="Models served", dependencies=[ApiKeyDep])
-async def list_models(repo: RepositoryDep) -> dict[str, list[str]]:
-    return {"models": repo.names()}
-
-
-@router.get("/models/{name}", responses=ERRORS, summary="Model status", dependencies=[ApiKeyDep])
-async def model_status(name: str, repo: RepositoryDep) -> dict[str, Any]:
-    served = repo.get(name)
+def status_body(name: str, served: ServedModel, versions: list[int]) -> dict[str, Any]:
+    """The answer to GET /v1/models/{name}."""
     model = served.model
     return {
         "name": name,
         "ready": True,  # only warmed-up versions are ever in the table
         "version": str(model.version),
-        "versions": [str(v) for v in repo.versions(name)],
+        "versions": [str(v) for v in versions],
         "provider": model.provider,
         **({"parity_with_cpu": model.parity} if model.parity is not None else {}),
         "sha256": model.sha256,
@@ -152,11 +168,3 @@ async def model_status(name: str, repo: RepositoryDep) -> dict[str, Any]:
         "metadata": model.meta.summary(),
         "queue_depth": served.batcher.depth,
     }
-
-
-INFERENCE_ROUTES = [
-    InferenceRoute(
-        "/v1/models/{name}:predict", predict, "Predict with uncertainty and OOD flags", "v1",
-        V1PredictRequest, V1PredictResponse, V1Error,
-    )
-]

@@ -1,8 +1,10 @@
-"""Request payloads to input batches, with messages that say what was expected and what came.
+"""What both protocols' codecs check on the way from a request to an input batch, with
+messages that say what was expected and what came: numeric arrays (no booleans, no ragged
+lists), finite float32 values, the batch size, and the bounds on a body's structure and on
+the answer's size.
 
-The input of every model is float32 ``[B, *feature_shape]``. V1 instances may each be nested
-to ``feature_shape`` or a flat list of ``prod(feature_shape)`` numbers (row-major); V2 tensors
-give their ``shape`` explicitly and ``data`` flat or nested, row-major.
+The input of every model is float32 ``[B, *feature_shape]``; app/api/v1_codec.py and
+app/api/v2_codec.py build it from V1 instances and V2 tensors.
 """
 
 from __future__ import annotations
@@ -109,63 +111,3 @@ def numeric_array(values: Any, what: str, *, check_booleans: bool = True) -> np.
     if check_booleans and arr.ndim and isinstance(values, list) and _holds_booleans(values, arr.ndim):
         raise InvalidInput(f"{what}: numbers expected, got booleans (true/false) among them")
     return arr
-
-
-def instances_to_batch(
-    instances: list[Any], feature_shape: tuple[int, ...], max_instances: int,
-    *, check_booleans: bool = True,
-) -> FloatBatch:
-    """V1 ``instances`` -> float32 [B, *feature_shape]."""
-    if not isinstance(instances, list):
-        raise InvalidInput(f"'instances' must be a list, got {type(instances).__name__}")
-    check_batch_size(len(instances), max_instances, "'instances'")
-    arr = numeric_array(instances, "'instances'", check_booleans=check_booleans)
-    flat = math.prod(feature_shape)
-    per = tuple(arr.shape[1:])
-    if per == feature_shape:
-        pass
-    elif per == (flat,):
-        arr = arr.reshape(len(arr), *feature_shape)
-    else:
-        raise InvalidInput(
-            f"each instance must have shape {list(feature_shape)} (or be a flat list of {flat} "
-            f"numbers), got shape {list(per)}"
-        )
-    with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused just below
-        batch = np.ascontiguousarray(arr, dtype=np.float32)
-    return check_finite(batch, "'instances'")
-
-
-def tensor_to_batch(
-    data: Any,
-    shape: list[int],
-    feature_shape: tuple[int, ...],
-    max_instances: int,
-    *,
-    binary: bytes | None = None,
-    check_booleans: bool = True,
-) -> FloatBatch:
-    """V2 input tensor (JSON ``data`` or binary bytes) -> float32 [B, *feature_shape]."""
-    expected = ["B", *feature_shape]
-    if len(shape) != len(expected) or tuple(shape[1:]) != feature_shape or shape[0] < 0:
-        raise InvalidInput(f"input 'input': shape {expected} expected, got {shape}")
-    check_batch_size(shape[0], max_instances, "input 'input'")
-    count = math.prod(shape)
-    if binary is not None:
-        if len(binary) != 4 * count:
-            raise InvalidInput(
-                f"input 'input': {4 * count} bytes of FP32 data expected for shape {shape}, "
-                f"got {len(binary)}"
-            )
-        arr = np.frombuffer(binary, dtype="<f4")
-    else:
-        if data is None:
-            raise InvalidInput("input 'input': 'data' expected (or binary data), got none")
-        arr = numeric_array(data, "input 'input' data", check_booleans=check_booleans)
-        if arr.size != count:
-            raise InvalidInput(
-                f"input 'input': {count} values expected for shape {shape}, got {arr.size}"
-            )
-    with np.errstate(over="ignore"):
-        batch = np.ascontiguousarray(arr.reshape(shape), dtype=np.float32)
-    return check_finite(batch, "input 'input'")

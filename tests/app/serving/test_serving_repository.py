@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-import app.runtime
+import app.serving.sessions
 import contract_models as cm
 from servekit import live_server, make_settings, reference_outputs, serve, wait_for
 
@@ -24,14 +24,14 @@ def test_readiness_false_until_warm_up_passed(
 ) -> None:
     gate = threading.Event()
     entered = threading.Event()
-    real_warm_up = app.runtime.warm_up
+    real_warm_up = app.serving.sessions.warm_up
 
-    def gated(model: app.runtime.LoadedModel) -> None:
+    def gated(model: app.serving.sessions.LoadedModel) -> None:
         entered.set()
         gate.wait(10)
         real_warm_up(model)
 
-    monkeypatch.setattr(app.runtime, "warm_up", gated)
+    monkeypatch.setattr(app.serving.sessions, "warm_up", gated)
     with serve(make_settings(repo), wait_ready=False) as (client, _, _):
         assert entered.wait(10)
         not_ready = client.get("/v2/health/ready")

@@ -15,6 +15,10 @@ the call for a batch fails, each of its requests is run alone, so only the one t
 ONNX Runtime fail gets the error. A request any of whose output rows holds NaN or infinity
 gets ``NonFiniteOutput`` (422) instead of an answer. The observer sees only the rows that were
 answered: finite, of requests still waiting for them.
+
+Each answer carries the facts of the call that produced it (``BatchAnswer``: the instances in
+that call, the time the request waited in the queue); what a caller does with them (the
+access log) is its own business.
 """
 
 from __future__ import annotations
@@ -26,17 +30,25 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from app.errors import InferenceFailed, InferenceTimeout, ModelNotReady, NonFiniteOutput, Overloaded
-from app.runtime import Outputs
+from app.serving.sessions import OutputArrays
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("app.batching")  # the name log lines carry (their "logger" field)
 
-InferFn = Callable[[npt.NDArray[np.float32]], Outputs]
+InferFn = Callable[[npt.NDArray[np.float32]], OutputArrays]
+
+
+@dataclass(frozen=True)
+class BatchAnswer:
+    """One request's rows of the outputs, and the facts of the call that computed them."""
+
+    outputs: OutputArrays
+    batch_size: int  # instances in the ONNX Runtime call that served this request
+    queue_wait_s: float  # from submission to the start of that call
 
 
 class BatchObserver:
@@ -44,7 +56,7 @@ class BatchObserver:
 
     def queue_depth(self, depth: int) -> None: ...
 
-    def batch_done(self, size: int, duration_s: float, waits_s: list[float], outputs: Outputs) -> None:
+    def batch_done(self, size: int, duration_s: float, waits_s: list[float], outputs: OutputArrays) -> None:
         """After each successful ONNX Runtime call. ``size``: the instances in the call;
         ``waits_s``: queue wait of each request answered; ``outputs``: only the rows answered
         (every float finite; requests that timed out or were refused are left out), possibly
@@ -54,10 +66,9 @@ class BatchObserver:
 @dataclass(eq=False)
 class _Pending:
     batch: npt.NDArray[np.float32]  # [n, *feature_shape]
-    future: asyncio.Future[Outputs]
+    future: asyncio.Future[BatchAnswer]
     deadline: float  # perf_counter() time after which it is not run
     timeout_s: float
-    note: dict[str, Any] | None = None
     enqueued: float = field(default_factory=time.perf_counter)
 
     @property
@@ -65,14 +76,14 @@ class _Pending:
         return int(self.batch.shape[0])
 
 
-def _expire(future: asyncio.Future[Outputs], label: str, timeout_s: float) -> None:
+def _expire(future: asyncio.Future[BatchAnswer], label: str, timeout_s: float) -> None:
     if not future.done():
         future.set_exception(InferenceTimeout(
             f"inference on {label} did not finish within request_timeout_s={timeout_s:g}s"
         ))
 
 
-def _finite_rows(outputs: Outputs, n: int) -> npt.NDArray[np.bool_] | None:
+def _finite_rows(outputs: OutputArrays, n: int) -> npt.NDArray[np.bool_] | None:
     """Per row: every float output value finite. None when all rows are (the common case,
     one reduction per output)."""
     ok: npt.NDArray[np.bool_] | None = None
@@ -84,7 +95,7 @@ def _finite_rows(outputs: Outputs, n: int) -> npt.NDArray[np.bool_] | None:
     return ok
 
 
-def _non_finite(outputs: Outputs, rows: slice, bad: npt.NDArray[np.intp]) -> NonFiniteOutput:
+def _non_finite(outputs: OutputArrays, rows: slice, bad: npt.NDArray[np.intp]) -> NonFiniteOutput:
     names = [k for k, v in outputs.items() if v.dtype.kind == "f" and not np.isfinite(v[rows]).all()]
     more = f" (and {bad.size - 1} more)" if bad.size > 1 else ""
     return NonFiniteOutput(
@@ -126,13 +137,9 @@ class Batcher:
     def depth(self) -> int:
         return len(self._pending)
 
-    async def submit(
-        self, batch: npt.NDArray[np.float32], timeout_s: float, note: dict[str, Any] | None = None
-    ) -> Outputs:
-        """Outputs for this request's rows [n, ...]; raises Overloaded / InferenceTimeout.
-
-        ``note`` (the request's log fields) gets ``batch_size``: the instances in the ONNX
-        Runtime call that served this request."""
+    async def submit(self, batch: npt.NDArray[np.float32], timeout_s: float) -> BatchAnswer:
+        """This request's rows [n, ...] of the outputs, with the facts of the call that served
+        it; raises Overloaded / InferenceTimeout / NonFiniteOutput / InferenceFailed."""
         if self._closing:
             raise ModelNotReady(f"model {self._label} is shutting down; retry on another replica")
         if len(self._pending) >= self._queue_size:
@@ -142,7 +149,7 @@ class Batcher:
             )
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
-        item = _Pending(batch, loop.create_future(), now + timeout_s, timeout_s, note, now)
+        item = _Pending(batch, loop.create_future(), now + timeout_s, timeout_s, now)
         self._pending.append(item)
         self._pending_rows += item.size
         self._arrivals += 1
@@ -237,7 +244,7 @@ class Batcher:
         self._deliver(batch, outputs, len(inputs), time.perf_counter() - started, started)
 
     def _deliver(
-        self, batch: list[_Pending], outputs: Outputs, size: int, duration: float, started: float
+        self, batch: list[_Pending], outputs: OutputArrays, size: int, duration: float, started: float
     ) -> None:
         """Each request its rows (or its refusal); the observer the rows answered."""
         finite = _finite_rows(outputs, size)
@@ -252,11 +259,10 @@ class Batcher:
             if finite is not None and not finite[rows].all():
                 p.future.set_exception(_non_finite(outputs, rows, np.flatnonzero(~finite[rows])))
                 continue
-            if p.note is not None:
-                p.note["batch_size"] = size
-            p.future.set_result({k: v[rows] for k, v in outputs.items()})
+            wait = started - p.enqueued
+            p.future.set_result(BatchAnswer({k: v[rows] for k, v in outputs.items()}, size, wait))
             answered.append(rows)
-            waits.append(started - p.enqueued)
+            waits.append(wait)
         if len(answered) == len(batch):
             observed = outputs
         else:

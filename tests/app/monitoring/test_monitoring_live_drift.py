@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from contract.drift import DriftReference, chi2_sf
-from app.monitoring import DriftMonitor, ScoreWindow
+from app.monitoring.live_drift import DriftMonitor, ScoreWindow
 
 ALERT_PSI, ALERT_P = 0.2, 0.001  # the drift alert's condition (docker/rules/hydra-alerts.rules.yml)
 

@@ -1,0 +1,17 @@
+"""The JSON response class every JSON answer of the service uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+
+class OrjsonResponse(Response):
+    """JSON via orjson; numpy arrays and scalars serialise natively."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
