@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -21,6 +21,8 @@ from training.config import RunConfig
 from training.device import Runtime
 
 log = logging.getLogger(__name__)
+
+Net = TypeVar("Net", bound=nn.Module)
 
 
 def config_key(*parts: Any) -> str:
@@ -74,8 +76,8 @@ class Checkpoints:
     def key(self, *parts: Any) -> str:
         return config_key(*self.scope, *parts)
 
-    def fit_or_load(self, net: nn.Module, name: str, key: str, rt: Runtime,
-                    fit: Callable[[Path], object], label: str) -> nn.Module:
+    def fit_or_load(self, net: Net, name: str, key: str, rt: Runtime, fit: Callable[[Path], object],
+                    label: str) -> Net:
         """``net`` with the weights of the finished checkpoint ``name`` when it was written
         for ``key``; otherwise ``fit(partial)`` trains it in place (resuming from and writing
         to the per-epoch ``partial`` file), and the finished checkpoint replaces the partial.

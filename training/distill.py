@@ -62,7 +62,7 @@ def distill(data: Dataset, transfer: TransferSet, model: ModelConfig, config: Di
         def train(partial: Path) -> None:
             fit(net, tensors, loss, optim, rt, checkpoint=partial, key=key, desc=f"hydra {label}",
                 seed=config.seed)
-        return checkpoints.fit_or_load(net, name, key, rt, train, label=label)  # type: ignore[return-value]
+        return checkpoints.fit_or_load(net, name, key, rt, train, label=label)
 
     torch.manual_seed(config.seed)
     kd = phase(build_network(model, data, 1), "kd.pt", checkpoints.key(*base, "phase1"),

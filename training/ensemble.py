@@ -33,7 +33,7 @@ def train_ensemble(data: Dataset, model: ModelConfig, ensemble: EnsembleConfig, 
         torch.manual_seed(ensemble.seed + m)
         net = build_network(model, data, 1)  # fresh weights under this member's seed
 
-        def train(partial: Path, net: torch.nn.Module = net, m: int = m) -> None:
+        def train(partial: Path) -> None:  # called at once, by fit_or_load
             fit(net, (X, y),
                 lambda module, batch: ground_truth_loss(data.task, module(batch[0]), batch[1]),
                 ensemble.optim, rt, checkpoint=partial, key=key,

@@ -37,6 +37,8 @@ STAGES = ("ensemble", "distill", "evaluate", "export")
 
 @dataclass(frozen=True)
 class Trained:
+    """What training gives the evaluation: the data, the teachers and the students."""
+
     data: Dataset
     teachers: Teachers
     students: Students
