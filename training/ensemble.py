@@ -1,6 +1,6 @@
-"""Stage 1: the teachers. Either M members trained from different seeds (one checkpoint per
-member; a rerun skips finished members and resumes the one in progress), or a user's
-precomputed member predictions on the transfer set.
+"""Stage 1: the teachers' own sources. M members trained here from different seeds (one
+checkpoint per member; a rerun skips finished members and resumes the one in progress), or a
+user's precomputed member predictions on the transfer set.
 """
 
 from __future__ import annotations
@@ -12,60 +12,35 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.config import RunConfig
+from training.checkpoints import Checkpoints
+from training.config import EnsembleConfig, ModelConfig
 from training.data import Dataset, DataError
-from training.scaling import feature_stats, target_stats
+from training.device import Runtime
+from training.fit import fit
 from training.losses import ground_truth_loss
-from training.networks import Ensemble, HydraNet, NetSpec
-from training.runtime import Runtime, config_key, fit, load_checkpoint, save_atomic
+from training.networks import Ensemble, build_network
 
 log = logging.getLogger(__name__)
 
 
-def net_spec(data: Dataset) -> NetSpec:
-    out = data.num_classes if data.task == "classification" else data.output_dim
-    return NetSpec(data.task, data.feature_shape, out)
-
-
-def new_network(config: RunConfig, data: Dataset, num_heads: int) -> HydraNet:
-    """A network with the data's normalization statistics in its buffers."""
-    net = HydraNet(config.model, net_spec(data), num_heads)
-    x_mean, x_std = feature_stats(data.train.X.reshape(len(data.train), -1))
-    if data.task == "regression":
-        net.set_stats(x_mean, x_std, *target_stats(data.train.y))
-    else:
-        net.set_stats(x_mean, x_std)
-    return net
-
-
-def _targets(data: Dataset) -> torch.Tensor:
-    return torch.as_tensor(data.train.y)
-
-
-def train_ensemble(config: RunConfig, data: Dataset, rt: Runtime, run_dir: Path) -> Ensemble:
+def train_ensemble(data: Dataset, model: ModelConfig, ensemble: EnsembleConfig, rt: Runtime,
+                   checkpoints: Checkpoints) -> Ensemble:
     """Train (or load) the M members; member m is seeded with ensemble.seed + m."""
-    key = config_key(config.data, config.model, config.ensemble, data.digest(), "member")
+    key = checkpoints.key(model, ensemble, data.digest(), "member")
     members = []
-    X, y = torch.as_tensor(data.train.X), _targets(data)
-    for m in range(config.ensemble.members):
-        final = run_dir / "members" / f"member_{m:03d}.pt"
-        torch.manual_seed(config.ensemble.seed + m)
-        net = new_network(config, data, 1)  # fresh weights under this member's seed
-        state = load_checkpoint(final, key)
-        if state is None:
+    X, y = torch.as_tensor(data.train.X), torch.as_tensor(data.train.y)
+    for m in range(ensemble.members):
+        torch.manual_seed(ensemble.seed + m)
+        net = build_network(model, data, 1)  # fresh weights under this member's seed
+
+        def train(partial: Path) -> None:  # called at once, by fit_or_load
             fit(net, (X, y),
-                lambda model, batch: ground_truth_loss(data.task, model(batch[0]), batch[1]),
-                config.ensemble.optim, rt, checkpoint=final.with_suffix(".partial.pt"),
-                key=key, desc=f"member {m + 1}/{config.ensemble.members}",
-                seed=config.ensemble.seed + m)
-            if rt.is_main:
-                save_atomic({"key": key, "model": net.state_dict(), "config": config.to_dict()}, final)
-                final.with_suffix(".partial.pt").unlink(missing_ok=True)
-            rt.barrier()
-        else:
-            net.load_state_dict(state["model"])
-            log.info("member %d: loaded finished checkpoint %s", m + 1, final)
-        members.append(net.to(rt.device).eval())
+                lambda module, batch: ground_truth_loss(data.task, module(batch[0]), batch[1]),
+                ensemble.optim, rt, checkpoint=partial, key=key,
+                desc=f"member {m + 1}/{ensemble.members}", seed=ensemble.seed + m)
+
+        members.append(checkpoints.fit_or_load(net, f"members/member_{m:03d}.pt", key, rt, train,
+                                               label=f"member {m + 1}"))
     return Ensemble(members)
 
 

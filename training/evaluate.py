@@ -10,34 +10,36 @@ import numpy as np
 import torch
 from torch import nn
 
+from contract.model import UNCERTAINTY_COMPONENTS
 from training.data import Dataset
+from training.device import Runtime
+from training.eval_metrics import (classification_metrics, fidelity, ood_metrics, regression_metrics,
+                                   reliability_bins)
+from training.fit import predict
 from training.losses import gaussian_kl
-from training.metrics import (classification_metrics, fidelity, ood_metrics, regression_metrics,
-                              reliability_bins)
-from training.networks import count_parameters
-from training.runtime import Runtime, predict
+from training.networks import Ensemble, count_parameters
+from training.onnx_members import OnnxEnsemble, parameter_count
 from training.uncertainty import derived_outputs
 
 log = logging.getLogger(__name__)
 
-COMPONENTS = ("total", "data", "model")
 # Targets for the default digits model: what a Hydra must keep of its ensemble (docs/design.md).
 GOALS = {"accuracy_gap_points": 0.5, "nll_ratio": 1.15, "spearman_model_test": 0.8,
          "spearman_model_ood": 0.9, "auroc_ratio": 0.97, "param_ratio": 1.5}
 
 
 @dataclass
-class Outputs:
+class SplitOutputs:
     """A model's per-head outputs and derived outputs (numpy) on one named split."""
 
     heads: np.ndarray
     derived: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def run_model(model: nn.Module, X: np.ndarray, task: str, rt: Runtime) -> Outputs:
+def run_model(model: nn.Module, X: np.ndarray, task: str, rt: Runtime) -> SplitOutputs:
     heads = predict(model, torch.as_tensor(X), rt)
     derived = {k: v.numpy() for k, v in derived_outputs(task, heads).items()}
-    return Outputs(heads.numpy(), derived)
+    return SplitOutputs(heads.numpy(), derived)
 
 
 def splits_of(data: Dataset) -> dict[str, np.ndarray]:
@@ -48,13 +50,13 @@ def splits_of(data: Dataset) -> dict[str, np.ndarray]:
     return out
 
 
-def _quality(task: str, o: Outputs, y: np.ndarray) -> dict[str, float]:
+def _quality(task: str, o: SplitOutputs, y: np.ndarray) -> dict[str, float]:
     if task == "classification":
         return classification_metrics(o.derived["mean_probs"], y)
     return regression_metrics(o.derived["mean"], o.derived["variance"], y)
 
 
-def _per_head(task: str, student: Outputs, teacher: Outputs | None, y: np.ndarray) -> dict[str, list[float]]:
+def _per_head(task: str, student: SplitOutputs, teacher: SplitOutputs | None, y: np.ndarray) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {}
     heads = torch.as_tensor(student.heads)
     if task == "classification":
@@ -75,7 +77,7 @@ def _per_head(task: str, student: Outputs, teacher: Outputs | None, y: np.ndarra
 
 
 def evaluate(data: Dataset, models: dict[str, nn.Module], rt: Runtime,
-             parameters: dict[str, int]) -> tuple[dict[str, Any], dict[str, dict[str, Outputs]]]:
+             parameters: dict[str, int]) -> tuple[dict[str, Any], dict[str, dict[str, SplitOutputs]]]:
     """The report's numbers, and the raw outputs (for plots).
 
     ``models`` holds "hydra" and "kd", and "ensemble" when the members are available.
@@ -93,7 +95,7 @@ def evaluate(data: Dataset, models: dict[str, nn.Module], rt: Runtime,
         f"{level:g}": {
             name: {**_quality(task, o[f"shift/{level:g}"], split.y),
                    **{f"mean_{c}_uncertainty": float(o[f"shift/{level:g}"].derived[f"{c}_uncertainty"].mean())
-                      for c in COMPONENTS}}
+                      for c in UNCERTAINTY_COMPONENTS}}
             for name, o in outputs.items()}
         for level, split in data.shift.items()}
 
@@ -102,7 +104,7 @@ def evaluate(data: Dataset, models: dict[str, nn.Module], rt: Runtime,
                               for student in ("hydra", "kd")}
         report["ensemble_spread"] = {
             split: {c: [float(q) for q in np.quantile(o.derived[f"{c}_uncertainty"], (0.1, 0.5, 0.9))]
-                    for c in COMPONENTS}
+                    for c in UNCERTAINTY_COMPONENTS}
             for split, o in outputs["ensemble"].items() if split == "test" or split.startswith("ood/")}
 
     report["ood_detection"] = {}
@@ -128,18 +130,18 @@ def evaluate(data: Dataset, models: dict[str, nn.Module], rt: Runtime,
     return report, outputs
 
 
-def _fidelity(outputs: dict[str, dict[str, Outputs]], student: str, splits: list[str]) -> dict[str, Any]:
+def _fidelity(outputs: dict[str, dict[str, SplitOutputs]], student: str, splits: list[str]) -> dict[str, Any]:
     """Per split, and pooled over test + every OOD set (the range a monitor sees)."""
     def values(model: str, split: str, c: str) -> np.ndarray:
         return outputs[model][split].derived[f"{c}_uncertainty"]
 
     result: dict[str, Any] = {split: {c: fidelity(values(student, split, c), values("ensemble", split, c))
-                                      for c in COMPONENTS} for split in splits}
+                                      for c in UNCERTAINTY_COMPONENTS} for split in splits}
     pooled = [s for s in splits if s == "test" or s.startswith("ood/")]
     result["pooled_test_and_ood"] = {
         c: fidelity(np.concatenate([values(student, s, c) for s in pooled]),
                     np.concatenate([values("ensemble", s, c) for s in pooled]))
-        for c in COMPONENTS}
+        for c in UNCERTAINTY_COMPONENTS}
     return result
 
 
@@ -181,10 +183,15 @@ def check_goals(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return goals
 
 
-def parameter_counts(member: nn.Module | None, ensemble: nn.Module | None, kd: nn.Module,
+def parameter_counts(teacher: Ensemble | OnnxEnsemble | None, kd: nn.Module,
                      hydra: nn.Module) -> dict[str, int]:
+    """Parameters of the KD student and the Hydra, and of one member and the whole ensemble
+    when the members are known (trained here, or given as ONNX files)."""
     counts = {"kd": count_parameters(kd), "hydra": count_parameters(hydra)}
-    if member is not None and ensemble is not None:
-        counts["member"] = count_parameters(member)
-        counts["ensemble"] = count_parameters(ensemble)
+    if isinstance(teacher, OnnxEnsemble):
+        per_member = [parameter_count(p) for p in teacher.paths]
+        counts.update(member=per_member[0], ensemble=sum(per_member))
+    elif teacher is not None:
+        counts["member"] = count_parameters(teacher.members[0])
+        counts["ensemble"] = count_parameters(teacher)
     return counts

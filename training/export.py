@@ -1,4 +1,5 @@
-"""Stage 4: calibration and ONNX export under the contract of ``contract.model``.
+"""Stage 4: calibration and ONNX export under the contract of ``contract.model``, of the Hydra
+(``model.onnx``) and of an ensemble trained here (``ensemble.onnx``).
 
 The exported graph takes raw features, normalizes them, runs every head and computes the
 derived outputs (the same torch functions evaluation uses). Export checks itself: the ONNX
@@ -20,12 +21,16 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from contract.model import INPUT_NAME, ModelMetadata, derived_output_names, output_names
+from contract.model import (INPUT_NAME, UNCERTAINTY_COMPONENTS, ModelMetadata, derived_output_names,
+                            output_names)
 from contract.drift import DriftReference
 from contract.files import write_atomic
 from contract.ood import OodCalibration
 from contract.onnxrt import session_options
 from training.config import CalibrationConfig, ExportConfig
+from training.data import Dataset
+from training.evaluate import SplitOutputs
+from training.networks import Ensemble, HydraNet
 from training.uncertainty import derived_outputs
 
 log = logging.getLogger(__name__)
@@ -53,7 +58,7 @@ def calibrate(derived: dict[str, np.ndarray], config: CalibrationConfig) -> tupl
     """OOD threshold and drift references from a model's outputs on the calibration split."""
     ood = OodCalibration.from_scores(derived[config.score], alpha=config.alpha, score=config.score)
     drift = {c: DriftReference.from_scores(derived[f"{c}_uncertainty"], config.drift_bins)
-             for c in ("total", "data", "model")}
+             for c in UNCERTAINTY_COMPONENTS}
     return ood, drift
 
 
@@ -141,3 +146,54 @@ def export_checked(net: nn.Module, meta: ModelMetadata, config: ExportConfig, re
     return {"file": path.name, "opset": config.opset, "atol": config.atol, "rtol": config.rtol,
             "max_abs_diff": parity, "bytes": path.stat().st_size,
             "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def model_metadata(data: Dataset, kind: str, num_heads: int, calibration: SplitOutputs,
+                   config: CalibrationConfig, summary: dict[str, Any]) -> ModelMetadata:
+    """A model's metadata, calibrated on its outputs on the calibration split."""
+    ood, drift = calibrate(calibration.derived, config)
+    return ModelMetadata(
+        task=data.task, kind=kind, num_heads=num_heads, feature_shape=data.feature_shape,  # type: ignore[arg-type]
+        class_labels=data.class_labels, output_dim=data.output_dim,
+        preprocessing={**data.preprocessing, "normalization": "per-feature standardization inside the graph"},
+        training=summary, ood=ood, drift=drift)
+
+
+def calibration_summary(meta: ModelMetadata, outputs: dict[str, SplitOutputs]) -> dict[str, Any]:
+    """The OOD threshold and the rate at which it flags test and OOD inputs."""
+    if meta.ood is None:
+        return {}
+    rates = {split: float(meta.ood.is_ood(o.derived[meta.ood.score]).mean())
+             for split, o in outputs.items() if split == "test" or split.startswith("ood/")}
+    return {"score": meta.ood.score, "alpha": meta.ood.alpha, "threshold": meta.ood.threshold,
+            "n_calibration": meta.ood.n_calibration, "flag_rate": rates,
+            "drift_bins": {c: len(r.expected) for c, r in meta.drift.items()}}
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What the export stage tells the report: per file its parity figures, size, sha256 and
+    OOD threshold; and the Hydra's calibration summary."""
+
+    files: dict[str, dict[str, Any]]
+    calibration: dict[str, Any]
+
+
+def export_models(folder: Path, data: Dataset, hydra: HydraNet, ensemble: Ensemble | None,
+                  outputs: dict[str, dict[str, SplitOutputs]], summaries: dict[str, dict[str, Any]],
+                  calibration: CalibrationConfig, config: ExportConfig) -> Exported:
+    """Calibrate, export and check ``model.onnx`` (the Hydra) and, when given, ``ensemble.onnx``
+    into ``folder``. ``outputs`` and ``summaries`` are by kind ("hydra", "ensemble")."""
+    files: dict[str, dict[str, Any]] = {}
+    hydra_calibration: dict[str, Any] = {}
+    to_export: dict[str, tuple[nn.Module, str]] = {"model.onnx": (hydra, "hydra")}
+    if ensemble is not None:
+        to_export["ensemble.onnx"] = (ensemble, "ensemble")
+    for filename, (net, kind) in to_export.items():
+        meta = model_metadata(data, kind, net.num_heads, outputs[kind]["calibration"], calibration,
+                              summaries[kind])
+        files[filename] = export_checked(net, meta, config, data.test.X, folder / filename)
+        files[filename]["ood_threshold"] = meta.ood.threshold if meta.ood else None
+        if kind == "hydra":
+            hydra_calibration = calibration_summary(meta, outputs["hydra"])
+    return Exported(files, hydra_calibration)

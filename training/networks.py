@@ -1,6 +1,8 @@
-"""Networks built by name: a body (mlp | cnn) that maps raw features to a feature vector, and a
-bank of M light heads (linear | mlp) on top of it. An ensemble member is the same network
-with one head, so a member, the KD student and the Hydra share one code path.
+"""The network factory: a body that maps raw features to a feature vector and a bank of M light
+heads on top of it, both built by name from the registries of ``training.registry``. This
+module registers the bodies mlp and cnn and the heads linear and mlp; ``training.resnet``
+registers resnet and block. An ensemble member is the same network with one head, so a
+member, the KD student and the Hydra share one code path (``build_network``).
 
 Head weights are stored stacked per head ([M, F, O]) so all heads run as one batched matmul;
 "copying" the phase-1 head M times clones that slice.
@@ -9,8 +11,6 @@ Head weights are stored stacked per head ([M, F, O]) so all heads run as one bat
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,24 +18,18 @@ from torch import nn
 from torch.nn import functional as F
 
 from training.config import ConfigError, ModelConfig
-from training.resnet import BlockHeadBank, ResNetBody
+from training.data import Dataset
+from training.registry import BODIES, HEADS, NetSpec
+from training.resnet import BlockHeadBank, ResNetBody  # importing it registers resnet and block
+from training.scaling import feature_stats, target_stats
+
+# The network API; the resnet parts are re-exported (and so registered wherever networks are built).
+__all__ = ["BODIES", "HEADS", "MIN_VARIANCE", "BlockHeadBank", "CNNBody", "Ensemble", "HeadBank",
+           "HydraNet", "MLPBody", "NetSpec", "ResNetBody", "build_network", "count_parameters",
+           "net_spec"]
 
 # Regression variances never go below this (in target units squared, times the target scale).
 MIN_VARIANCE = 1e-6
-
-
-@dataclass(frozen=True)
-class NetSpec:
-    """What the data decides about a network: task, input and output sizes."""
-
-    task: str
-    feature_shape: tuple[int, ...]
-    # Classes for classification; regression output dimensions D otherwise.
-    out_dim: int
-
-    @property
-    def head_out(self) -> int:
-        return self.out_dim if self.task == "classification" else 2 * self.out_dim
 
 
 # ---------------------------------------------------------------------------------- bodies
@@ -88,16 +82,15 @@ class CNNBody(nn.Module):
         return self.fc(self.conv(images).flatten(1))  # [B, F]
 
 
-BODIES: dict[str, Callable[[ModelConfig, NetSpec], nn.Module]] = {
-    "mlp": lambda cfg, spec: MLPBody(math.prod(spec.feature_shape), cfg.hidden, cfg.dropout),
-    "cnn": lambda cfg, spec: CNNBody(
-        cfg.image_shape or spec.feature_shape, cfg.channels, cfg.hidden, cfg.dropout,
-        math.prod(spec.feature_shape)),
-    # With block heads the body stops before its last residual block (the heads copy it).
-    "resnet": lambda cfg, spec: ResNetBody(
-        cfg.image_shape or spec.feature_shape, math.prod(spec.feature_shape), cfg.channels,
-        cfg.blocks, keep_last_block=cfg.head != "block"),
-}
+@BODIES.register("mlp")
+def _mlp_body(cfg: ModelConfig, spec: NetSpec) -> MLPBody:
+    return MLPBody(math.prod(spec.feature_shape), cfg.hidden, cfg.dropout)
+
+
+@BODIES.register("cnn")
+def _cnn_body(cfg: ModelConfig, spec: NetSpec) -> CNNBody:
+    return CNNBody(cfg.image_shape or spec.feature_shape, cfg.channels, cfg.hidden, cfg.dropout,
+                   math.prod(spec.feature_shape))
 
 
 # ----------------------------------------------------------------------------------- heads
@@ -134,11 +127,14 @@ class HeadBank(nn.Module):
         return bank.to(self.weights[0].device)
 
 
-HEADS: dict[str, Callable[[ModelConfig, NetSpec, nn.Module, int], nn.Module]] = {
-    "linear": lambda cfg, spec, body, m: HeadBank(m, body.out_features, spec.head_out, 0),
-    "mlp": lambda cfg, spec, body, m: HeadBank(m, body.out_features, spec.head_out, cfg.head_hidden),
-    "block": lambda cfg, spec, body, m: BlockHeadBank(m, body.out_features, spec.head_out),
-}
+@HEADS.register("linear")
+def _linear_heads(cfg: ModelConfig, spec: NetSpec, body: nn.Module, num_heads: int) -> HeadBank:
+    return HeadBank(num_heads, body.out_features, spec.head_out, 0)
+
+
+@HEADS.register("mlp")
+def _mlp_heads(cfg: ModelConfig, spec: NetSpec, body: nn.Module, num_heads: int) -> HeadBank:
+    return HeadBank(num_heads, body.out_features, spec.head_out, cfg.head_hidden)
 
 
 # ---------------------------------------------------------------------------------- network
@@ -152,16 +148,10 @@ class HydraNet(nn.Module):
 
     def __init__(self, cfg: ModelConfig, spec: NetSpec, num_heads: int) -> None:
         super().__init__()
-        if cfg.body not in BODIES:
-            raise ConfigError(f"unknown model.body {cfg.body!r}; registered: {sorted(BODIES)}")
-        if cfg.head not in HEADS:
-            raise ConfigError(f"unknown model.head {cfg.head!r}; registered: {sorted(HEADS)}")
-        if cfg.head == "block" and cfg.body != "resnet":
-            raise ConfigError(f"model.head = \"block\" copies the last residual block: it needs "
-                              f"model.body = \"resnet\", got {cfg.body!r}")
+        body, heads = BODIES.get(cfg.body), HEADS.get(cfg.head)
         self.spec = spec
-        self.body = BODIES[cfg.body](cfg, spec)
-        self.heads = HEADS[cfg.head](cfg, spec, self.body, num_heads)
+        self.body = body(cfg, spec)
+        self.heads = heads(cfg, spec, self.body, num_heads)
         d = math.prod(spec.feature_shape)
         self.register_buffer("x_mean", torch.zeros(d))
         self.register_buffer("x_std", torch.ones(d))
@@ -221,6 +211,24 @@ class Ensemble(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([m(x) for m in self.members], dim=1)
+
+
+def net_spec(data: Dataset) -> NetSpec:
+    out = data.num_classes if data.task == "classification" else data.output_dim
+    return NetSpec(data.task, data.feature_shape, out)
+
+
+def build_network(model: ModelConfig, data: Dataset, num_heads: int) -> HydraNet:
+    """The one network factory: ``model``'s body and ``num_heads`` heads for ``data``, with the
+    data's normalization statistics in its buffers. Draws its initial weights from torch's
+    global generator, so the caller's seeding decides them."""
+    net = HydraNet(model, net_spec(data), num_heads)
+    x_mean, x_std = feature_stats(data.train.X.reshape(len(data.train), -1))
+    if data.task == "regression":
+        net.set_stats(x_mean, x_std, *target_stats(data.train.y))
+    else:
+        net.set_stats(x_mean, x_std)
+    return net
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -1,133 +1,58 @@
 """The whole pipeline: teachers, transfer set, two-phase distillation, evaluation, calibration,
-export and publication. Every stage checkpoints into ``runs/<name>/`` so a rerun (or a rerun
-after a crash) picks up where the last one stopped.
+export and publication, composed from the stages' modules. Every stage checkpoints into
+``runs/<name>/`` so a rerun (or a rerun after a crash) picks up where the last one stopped.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import platform
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
 
-from contract.model import ModelMetadata
-from training.config import RunConfig, TransferConfig
-from training.data import Dataset, DataError, load_dataset
-from training.distill import distill
-from training.ensemble import MemberPredictions, load_member_predictions, train_ensemble
-from training.evaluate import Outputs, evaluate, parameter_counts
-from training.export import calibrate, export_checked
-from training.networks import Ensemble, HydraNet
-from training.onnx_members import OnnxEnsemble, load_onnx_members, parameter_count
+from training.checkpoints import Checkpoints
+from training.config import RunConfig
+from training.data import Dataset, load_dataset
+from training.device import Runtime, setup_runtime, teardown_runtime
+from training.distill import Students, distill
+from training.evaluate import SplitOutputs, evaluate, parameter_counts
+from training.export import export_models
+from training.networks import Ensemble
 from training.publish import publish
 from training.report import write_report
-from training.runtime import Runtime, config_key, predict, setup_runtime, teardown_runtime
-from training.transfer import TransferSet, build_transfer_inputs, row_keys, transfer_range_share
+from training.teachers import Teachers, teachers
+from training.transfer import TransferSet, transfer_range_share
 
 log = logging.getLogger(__name__)
 
 STAGES = ("ensemble", "distill", "evaluate", "export")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Trained:
+    """What training gives the evaluation: the data, the teachers and the students."""
+
     data: Dataset
-    teacher: Ensemble | OnnxEnsemble | None
-    kd: HydraNet
-    hydra: HydraNet
-    transfer: TransferSet
+    teachers: Teachers
+    students: Students
 
 
-def teachers(config: RunConfig, data: Dataset, rt: Runtime,
-             run_dir: Path) -> tuple[Ensemble | OnnxEnsemble | None, TransferSet]:
-    """The ensemble (None for a user's member predictions) and the transfer set it labels."""
-    if config.ensemble.predictions:
-        given = load_member_predictions(Path(config.ensemble.predictions), data, config.ensemble.members)
-        return None, external_transfer_set(given, data, config)
-    ensemble: Ensemble | OnnxEnsemble
-    if config.ensemble.models:
-        ensemble = load_onnx_members(config.ensemble.models, data, config.ensemble.members,
-                                     config.ensemble.member_output)
-        source = "member ONNX files"
-        members_key = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in config.ensemble.models]
-    else:
-        ensemble = train_ensemble(config, data, rt, run_dir)
-        source, members_key = "members trained here", []
-    X, original = build_transfer_inputs(data.train.X, ensemble, config.distill.transfer, rt)
-    outputs = predict(ensemble, torch.as_tensor(X), rt).numpy()
-    y = np.zeros((len(X), *data.train.y.shape[1:]), dtype=data.train.y.dtype)
-    y[original] = data.train.y
-    summary: dict[str, Any] = {
-        "source": source, "rows": int(len(X)),
-        "training_rows": int(original.sum()), "added_rows": int((~original).sum()),
-        "uniform_rows": int(round(config.distill.transfer.uniform_fraction * len(data.train)))}
-    if isinstance(ensemble, OnnxEnsemble) and config.distill.transfer.perturb_steps > 0:
-        summary["ignored_settings"] = ["distill.transfer.perturb_steps (no gradients through ONNX Runtime)"]
-        log.warning("member ONNX files: distill.transfer.perturb_steps cannot apply (no gradients "
-                    "through ONNX Runtime): ignored")
-    parts = (config.ensemble, config.distill.transfer, data.digest(), *members_key)
-    key = config_key(*parts)
-    return ensemble, TransferSet(X, outputs, y, original, key, summary)
+@dataclass(frozen=True)
+class Evaluation:
+    """The report of a trained run, but for what export adds, and every model's raw outputs
+    (model -> split -> outputs), for the plots and the calibration."""
 
-
-# Transfer settings that need the teachers themselves, which a predictions file does not give.
-_TEACHER_ONLY = ("copies", "noise_std", "mixup_alpha", "perturb_steps", "uniform_fraction")
-
-
-def external_transfer_set(given: MemberPredictions, data: Dataset, config: RunConfig) -> TransferSet:
-    """A user's member predictions as a transfer set, without the held-out rows.
-
-    Rows equal to a calibration or test row are dropped (and counted): distilling on them
-    would leak the inputs the OOD threshold and the report are computed on. Rows equal to a
-    training row get that row's label, for ``distill.gt_weight``.
-    """
-    held_out = {"calibration": set(row_keys(data.calibration.X)), "test": set(row_keys(data.test.X))}
-    train_rows = {k: i for i, k in enumerate(row_keys(data.train.X))}
-    keys = row_keys(given.X)
-    keep = np.ones(len(keys), dtype=bool)
-    dropped = {name: 0 for name in held_out}
-    for i, k in enumerate(keys):
-        for name, rows in held_out.items():
-            if k in rows:
-                dropped[name] += 1
-                keep[i] = False
-                break
-    if not keep.any():
-        raise DataError(f"{config.ensemble.predictions}: every row of X is a calibration or test "
-                        "row of the data set; give member predictions on training (or other) inputs")
-    X, teacher = given.X[keep], given.outputs[keep]
-    y = np.zeros((len(X), *data.train.y.shape[1:]), dtype=data.train.y.dtype)
-    labelled = np.zeros(len(X), dtype=bool)
-    for i, k in enumerate(np.asarray(keys, dtype=object)[keep]):
-        j = train_rows.get(k)
-        if j is not None:
-            y[i], labelled[i] = data.train.y[j], True
-    defaults = TransferConfig()
-    ignored = [f"distill.transfer.{name}" for name in _TEACHER_ONLY
-               if getattr(config.distill.transfer, name) != getattr(defaults, name)]
-    if config.distill.gt_weight > 0 and not labelled.any():
-        ignored.append("distill.gt_weight (no row of the file is a training row)")
-    if sum(dropped.values()):
-        log.warning("member predictions: dropped %d calibration and %d test rows from the transfer "
-                    "set (they must stay unseen)", dropped["calibration"], dropped["test"])
-    if ignored:
-        log.warning("member predictions: %s cannot apply without the members themselves: ignored",
-                    ", ".join(ignored))
-    digest = hashlib.sha256(np.ascontiguousarray(X).tobytes() + np.ascontiguousarray(teacher).tobytes())
-    summary = {"source": "member predictions file", "rows_given": int(len(keys)),
-               "dropped_held_out_rows": dropped, "rows": int(len(X)),
-               "training_rows": int(labelled.sum()), "ignored_settings": ignored}
-    key = config_key("predictions", digest.hexdigest(), data.digest())
-    return TransferSet(X, teacher, y, labelled, key, summary)
+    report: dict[str, Any]
+    outputs: dict[str, dict[str, SplitOutputs]]
+    # What each published model's metadata says about its training, by kind.
+    summaries: dict[str, dict[str, Any]]
 
 
 def machine() -> dict[str, Any]:
@@ -166,21 +91,56 @@ def near_transfer(data: Dataset, transfer: TransferSet) -> dict[str, str]:
     return out
 
 
-def train(config: RunConfig, rt: Runtime, run_dir: Path) -> Trained:
+def train(config: RunConfig, rt: Runtime, checkpoints: Checkpoints) -> Trained:
     data = load_dataset(config.data)
-    teacher, transfer = teachers(config, data, rt, run_dir)
-    kd, hydra = distill(config, data, transfer, rt, run_dir)
-    return Trained(data, teacher, kd, hydra, transfer)
+    taught = teachers(data, config.model, config.ensemble, config.distill, rt, checkpoints)
+    students = distill(data, taught.transfer, config.model, config.distill, rt, checkpoints)
+    return Trained(data, taught, students)
 
 
-def _metadata(config: RunConfig, data: Dataset, kind: str, num_heads: int, calibration: Outputs,
-              summary: dict[str, Any]) -> ModelMetadata:
-    ood, drift = calibrate(calibration.derived, config.calibration)
-    return ModelMetadata(
-        task=data.task, kind=kind, num_heads=num_heads, feature_shape=data.feature_shape,  # type: ignore[arg-type]
-        class_labels=data.class_labels, output_dim=data.output_dim,
-        preprocessing={**data.preprocessing, "normalization": "per-feature standardization inside the graph"},
-        training=summary, ood=ood, drift=drift)
+def evaluate_trained(config: RunConfig, trained: Trained, rt: Runtime) -> Evaluation:
+    """Evaluate ensemble, KD student and Hydra, and add what the run itself tells the report."""
+    data, teacher, students = trained.data, trained.teachers.ensemble, trained.students
+    transfer = trained.teachers.transfer
+    models: dict[str, torch.nn.Module] = {"kd": students.kd, "hydra": students.hydra}
+    if teacher is not None:
+        models["ensemble"] = teacher
+    params = parameter_counts(teacher, students.kd, students.hydra)
+    measured, outputs = evaluate(data, models, rt, params)
+    summary = {"name": config.name, "data": data.name, "members": students.hydra.num_heads,
+               "transfer_size": len(transfer), "body": config.model.body,
+               "head": config.model.head, "temperature": config.distill.temperature,
+               "test": measured["test"]["hydra"], "device": str(rt.device),
+               "world_size": rt.world_size}
+    report = {
+        **measured,
+        "transfer": {**transfer.summary, "ood_values_inside_transfer_range": {
+            name: transfer_range_share(transfer.X, X) for name, X in data.ood.items()},
+            "near_transfer_ood_sets": near_transfer(data, transfer)},
+        "machine": machine(),
+        # Stages loaded from a finished checkpoint were not fitted in this run: not listed.
+        "training_samples_per_s": {k: round(v, 1) for k, v in rt.throughput.items()},
+        "name": config.name, "config": config.to_dict(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "device": str(rt.device), "world_size": rt.world_size}
+    summaries = {"hydra": summary}
+    if "ensemble" in measured["test"]:
+        summaries["ensemble"] = {**summary, "test": measured["test"]["ensemble"]}
+    return Evaluation(report, outputs, summaries)
+
+
+def write_version(folder: Path, config: RunConfig, trained: Trained, evaluation: Evaluation,
+                  started: float) -> None:
+    """Export into ``folder``, then write the full report and the config beside the models."""
+    teacher = trained.teachers.ensemble
+    exported = export_models(folder, trained.data, trained.students.hydra,
+                             # members given as files are the user's to keep
+                             teacher if isinstance(teacher, Ensemble) else None,
+                             evaluation.outputs, evaluation.summaries, config.calibration, config.export)
+    report = {**evaluation.report, "export": exported.files, "calibration": exported.calibration,
+              "duration_s": round(time.time() - started, 1)}
+    write_report(report, evaluation.outputs, trained.data, folder)
+    (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
 
 
 def run_pipeline(config: RunConfig, repository: Path | None, stop_after: str = "export") -> Path | None:
@@ -189,72 +149,22 @@ def run_pipeline(config: RunConfig, repository: Path | None, stop_after: str = "
         raise ValueError(f"stage must be one of {STAGES}, got {stop_after!r}")
     started = time.time()
     rt = setup_runtime(config.device)
-    run_dir = Path(config.runs_dir) / config.name
+    checkpoints = Checkpoints.of_run(config)
     try:
-        if stop_after == "ensemble":
-            teachers(config, load_dataset(config.data), rt, run_dir)  # trains, or checks a user's
+        if stop_after == "ensemble":  # trains, or checks a user's
+            teachers(load_dataset(config.data), config.model, config.ensemble, config.distill, rt,
+                     checkpoints)
             return None
-        trained = train(config, rt, run_dir)
+        trained = train(config, rt, checkpoints)
         if stop_after == "distill" or not rt.is_main:
             return None
-        data, teacher = trained.data, trained.teacher
-        models: dict[str, nn.Module] = {"kd": trained.kd, "hydra": trained.hydra}
-        if teacher is not None:
-            models["ensemble"] = teacher
-        if isinstance(teacher, OnnxEnsemble):
-            params = parameter_counts(None, None, trained.kd, trained.hydra)
-            per_member = [parameter_count(p) for p in teacher.paths]
-            params.update(member=per_member[0], ensemble=sum(per_member))
-        else:
-            params = parameter_counts(teacher.members[0] if teacher else None, teacher, trained.kd,
-                                      trained.hydra)
-        report, outputs = evaluate(data, models, rt, params)
-        summary = {"name": config.name, "data": data.name, "members": trained.hydra.num_heads,
-                   "transfer_size": len(trained.transfer), "body": config.model.body,
-                   "head": config.model.head, "temperature": config.distill.temperature,
-                   "test": report["test"]["hydra"], "device": str(rt.device),
-                   "world_size": rt.world_size}
-        report["transfer"] = {**trained.transfer.summary, "ood_values_inside_transfer_range": {
-            name: transfer_range_share(trained.transfer.X, X) for name, X in data.ood.items()},
-            "near_transfer_ood_sets": near_transfer(data, trained.transfer)}
-        report["machine"] = machine()
-        # Stages loaded from a finished checkpoint were not fitted in this run: not listed.
-        report["training_samples_per_s"] = {k: round(v, 1) for k, v in rt.throughput.items()}
-        report.update(name=config.name, config=config.to_dict(), created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                      device=str(rt.device), world_size=rt.world_size)
-
-        def write(folder: Path) -> None:
-            report["export"] = {}
-            to_export: dict[str, tuple[nn.Module, str]] = {"model.onnx": (trained.hydra, "hydra")}
-            if isinstance(teacher, Ensemble):  # members given as files are the user's to keep
-                to_export["ensemble.onnx"] = (teacher, "ensemble")
-            for filename, (net, kind) in to_export.items():
-                meta = _metadata(config, data, kind, net.num_heads, outputs[kind]["calibration"],
-                                 summary if kind == "hydra" else {**summary, "test": report["test"]["ensemble"]})
-                report["export"][filename] = export_checked(net, meta, config.export, data.test.X, folder / filename)
-                report["export"][filename]["ood_threshold"] = meta.ood.threshold if meta.ood else None
-                if kind == "hydra":
-                    report["calibration"] = _calibration_summary(meta, outputs["hydra"], config)
-            report["duration_s"] = round(time.time() - started, 1)
-            write_report(report, outputs, data, folder)
-            (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
-
+        write = partial(write_version, config=config, trained=trained,
+                        evaluation=evaluate_trained(config, trained, rt), started=started)
         if stop_after == "evaluate":
-            (run_dir / "report").mkdir(parents=True, exist_ok=True)
-            write(run_dir / "report")
-            return run_dir / "report"
+            folder = checkpoints.folder / "report"
+            folder.mkdir(parents=True, exist_ok=True)
+            write(folder)
+            return folder
         return publish(repository or Path("models"), config.name, write)
     finally:
         teardown_runtime(rt)
-
-
-def _calibration_summary(meta: ModelMetadata, hydra: dict[str, Outputs], config: RunConfig) -> dict[str, Any]:
-    """The OOD threshold and the rate at which it flags test and OOD inputs."""
-    if meta.ood is None:
-        return {}
-    rates = {split: float(meta.ood.is_ood(o.derived[meta.ood.score]).mean())
-             for split, o in hydra.items() if split == "test" or split.startswith("ood/")}
-    return {"score": meta.ood.score, "alpha": meta.ood.alpha, "threshold": meta.ood.threshold,
-            "n_calibration": meta.ood.n_calibration, "flag_rate": rates,
-            "drift_bins": {c: len(r.expected) for c, r in meta.drift.items()}}
-

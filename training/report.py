@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from contract.model import UNCERTAINTY_COMPONENTS  # noqa: E402
 from training.data import Dataset  # noqa: E402
 
 MODELS = ("ensemble", "kd", "hydra")
@@ -67,15 +68,15 @@ def markdown(report: dict[str, Any]) -> str:
         rows = []
         for student in ("hydra", "kd"):
             for split, comps in report["fidelity"][student].items():
-                rows.append([student, split] + [x for c in ("total", "data", "model")
+                rows.append([student, split] + [x for c in UNCERTAINTY_COMPONENTS
                                                 for x in (comps[c]["mae"], comps[c]["spearman"])])
         lines += _table(["student", "split", "total MAE", "total ρ", "data MAE", "data ρ",
                          "model MAE", "model ρ"], rows)
         lines += ["How much the ensemble's uncertainty varies inside each set (10th, 50th, 90th "
                   "percentile): a rank correlation inside a set where the ensemble's value barely "
                   "moves measures noise, not fidelity.", ""]
-        lines += _table(["split", "total", "data", "model"],
-                        [[split, *(" / ".join(f"{q:.3f}" for q in v[c]) for c in ("total", "data", "model"))]
+        lines += _table(["split", *UNCERTAINTY_COMPONENTS],
+                        [[split, *(" / ".join(f"{q:.3f}" for q in v[c]) for c in UNCERTAINTY_COMPONENTS)]
                          for split, v in report.get("ensemble_spread", {}).items()])
     lines += ["## OOD detection (test set vs OOD set)", ""]
     rows = []

@@ -6,14 +6,19 @@ basic blocks (the first block of every stage after the first halves the resoluti
 global average pooling. With ``model.head = "block"`` the body stops before its last block
 and each head is its own copy of that block, pooled, followed by its own linear layer: the
 heads share everything but the last stage. All M head blocks run as one grouped convolution.
+
+Both register themselves: body "resnet", head "block".
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-from training.config import ConfigError
+from training.config import ConfigError, ModelConfig
+from training.registry import BODIES, HEADS, NetSpec
 
 
 class BasicBlock(nn.Module):
@@ -117,3 +122,18 @@ class BlockHeadBank(nn.Module):
         bank.weight.copy_(self.weight.expand_as(bank.weight))
         bank.bias.copy_(self.bias.expand_as(bank.bias))
         return bank
+
+
+# With block heads the body stops before its last residual block (the heads copy it).
+@BODIES.register("resnet")
+def _resnet_body(cfg: ModelConfig, spec: NetSpec) -> ResNetBody:
+    return ResNetBody(cfg.image_shape or spec.feature_shape, math.prod(spec.feature_shape), cfg.channels,
+                      cfg.blocks, keep_last_block=cfg.head != "block")
+
+
+@HEADS.register("block")
+def _block_heads(cfg: ModelConfig, spec: NetSpec, body: nn.Module, num_heads: int) -> BlockHeadBank:
+    if cfg.body != "resnet":
+        raise ConfigError(f"model.head = \"block\" copies the last residual block: it needs "
+                          f"model.body = \"resnet\", got {cfg.body!r}")
+    return BlockHeadBank(num_heads, body.out_features, spec.head_out)

@@ -18,7 +18,7 @@ import torch
 from training.config import ConfigError, TransferConfig
 from training.networks import Ensemble
 from training.onnx_members import OnnxEnsemble
-from training.runtime import Runtime
+from training.device import Runtime
 from training.uncertainty import derived_outputs
 
 log = logging.getLogger(__name__)

@@ -58,3 +58,22 @@ def test_cnn_body_and_regression_shapes() -> None:
 def test_unknown_body_is_named() -> None:
     with pytest.raises(ConfigError, match=r"unknown model.body 'vit'; registered: \['cnn', 'mlp', 'resnet'\]"):
         HydraNet(ModelConfig(body="vit"), SPEC, 1)
+
+
+def test_build_network_carries_the_data_statistics_and_the_callers_seed() -> None:
+    from training.config import DataConfig
+    from training.data import load_dataset
+    from training.networks import build_network
+    from training.scaling import feature_stats
+
+    data = load_dataset(DataConfig())
+    torch.manual_seed(3)
+    a = build_network(ModelConfig(hidden=(8,)), data, 2)
+    torch.manual_seed(3)
+    b = build_network(ModelConfig(hidden=(8,)), data, 2)
+    mean, std = feature_stats(data.train.X.reshape(len(data.train), -1))
+    torch.testing.assert_close(a.x_mean, torch.as_tensor(mean).flatten().float())
+    torch.testing.assert_close(a.x_std, torch.as_tensor(std).flatten().float())
+    assert a.num_heads == 2 and a.spec == NetSpec("classification", (64,), 10)
+    for x, y in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(x, y)  # the weights come from the caller's seeding alone

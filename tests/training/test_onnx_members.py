@@ -17,8 +17,10 @@ from onnx import TensorProto, helper, numpy_helper
 from training.config import RunConfig
 from training.data import DataError, load_dataset
 from training.onnx_members import load_onnx_members
-from training.pipeline import run_pipeline, teachers
-from training.runtime import Runtime
+from training.checkpoints import Checkpoints
+from training.device import Runtime
+from training.pipeline import run_pipeline
+from training.teachers import teachers
 
 
 def linear_member(path: Path, W: np.ndarray, b: np.ndarray, softmax: bool = False) -> Path:
@@ -62,7 +64,8 @@ def test_teacher_outputs_are_the_files_outputs_on_the_whole_transfer_set(
     config = replace(tiny_config, ensemble=replace(tiny_config.ensemble, models=tuple(paths)),
                      distill=replace(tiny_config.distill, transfer=replace(
                          tiny_config.distill.transfer, uniform_fraction=0.5, perturb_steps=2)))
-    ensemble, transfer = teachers(config, data, Runtime(torch.device("cpu")), tmp_path / "run")
+    transfer = teachers(data, config.model, config.ensemble, config.distill, Runtime(torch.device("cpu")),
+                        Checkpoints.of_run(config)).transfer
     # The training rows, the noisy copies and the uniform inputs: all labelled by the files.
     assert len(transfer) == 2 * len(data.train) + round(0.5 * len(data.train))
     for m, path in enumerate(paths):

@@ -21,8 +21,10 @@ from training.distill import distill
 from training.export import export_checked
 from training.losses import gaussian_distill_loss, gaussian_kl, moment_match
 from training.networks import HydraNet, NetSpec
-from training.pipeline import run_pipeline, teachers
-from training.runtime import Runtime, predict
+from training.checkpoints import Checkpoints
+from training.device import Runtime
+from training.pipeline import run_pipeline
+from training.teachers import teachers
 from training.transfer import TransferSet, row_keys
 from tests.training.test_export import _meta
 
@@ -83,7 +85,8 @@ def test_members_and_transfer_set_never_see_held_out_rows(tiny_config: RunConfig
         return real_fit(model, tensors, *args, **kwargs)
 
     monkeypatch.setattr(ensemble_module, "fit", spy)
-    _, transfer = teachers(config, data, Runtime(torch.device("cpu")), tmp_path / "run")
+    transfer = teachers(data, config.model, config.ensemble, config.distill, Runtime(torch.device("cpu")),
+                        Checkpoints.of_run(config)).transfer
     held_out = set(row_keys(data.calibration.X)) | set(row_keys(data.test.X))
     assert len(seen) == 2
     for rows in seen:
@@ -104,7 +107,9 @@ def test_phase2_starts_from_copies_of_the_phase1_head(tiny_config: RunConfig, tm
     X = data.train.X
     teacher = rng.normal(size=(len(X), 4, 2)).astype(np.float32)
     transfer = TransferSet(X, teacher, data.train.y, np.ones(len(X), bool), "k")
-    kd, hydra = distill(config, data, transfer, Runtime(torch.device("cpu")), tmp_path / "run")
+    students = distill(data, transfer, config.model, config.distill, Runtime(torch.device("cpu")),
+                       Checkpoints.of_run(config))
+    kd, hydra = students.kd, students.hydra
     with torch.no_grad():
         kd_out = kd(torch.as_tensor(data.test.X))  # [B, 1, C]
         hydra_out = hydra(torch.as_tensor(data.test.X))  # [B, 4, C]
@@ -167,20 +172,6 @@ def test_exported_derived_outputs_follow_from_its_heads(tmp_path: Path, task: st
         assert got["model_uncertainty"].max() > 0.05  # the check above is not between zeros
 
 
-def test_teacher_outputs_are_float32_under_bf16_training(monkeypatch: pytest.MonkeyPatch) -> None:
-    torch.manual_seed(0)
-    net = HydraNet(ModelConfig(hidden=(64,)), NetSpec("classification", (32,), 10), 3)
-    X = torch.randn(200, 32)
-    rt = Runtime(torch.device("cpu"))
-    # Training steps under bf16 autocast (as on a GPU); outputs for targets must stay fp32.
-    monkeypatch.setattr(Runtime, "autocast", lambda self: torch.autocast("cpu", dtype=torch.bfloat16))
-    with torch.no_grad():
-        want = net(X)
-    got = predict(net, X, rt)
-    assert got.dtype == torch.float32
-    torch.testing.assert_close(got, want, atol=0, rtol=0)
-
-
 def test_data_errors_exit_2_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b,target\n1,2,0\n3,0\n")
@@ -210,35 +201,6 @@ def test_setting_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert re.search(message, err) and "Traceback" not in err
 
 
-def test_small_data_sets_get_min_steps() -> None:
-    from training.config import OptimConfig
-    from training.runtime import epochs_for
-
-    optim = OptimConfig(epochs=40, batch_size=64, min_steps=500)
-    assert epochs_for(optim, 85) == 250  # 2 steps an epoch
-    assert epochs_for(optim, 1078) == 40  # 17 steps an epoch: the epochs already give 680
-    assert epochs_for(optim, 85, world_size=2) == 500  # one step an epoch on each of 2 ranks
-    assert epochs_for(OptimConfig(epochs=40, batch_size=64), 85) == 40  # 0: off
-
-
-def test_fit_runs_min_steps_on_small_data() -> None:
-    from training.config import OptimConfig
-    from training.runtime import fit
-
-    torch.manual_seed(0)
-    net = HydraNet(ModelConfig(hidden=(8,)), NetSpec("classification", (3,), 2), 1)
-    X, y = torch.randn(10, 3), torch.randint(0, 2, (10,))
-    calls: list[int] = []
-
-    def loss(model, batch):  # noqa: ANN001, ANN202
-        calls.append(1)
-        return torch.nn.functional.cross_entropy(model(batch[0])[:, 0], batch[1])
-
-    fit(net, (X, y), loss, OptimConfig(epochs=1, batch_size=5, min_steps=12), Runtime(torch.device("cpu")),
-        checkpoint=None, key="k", desc="t", seed=0)
-    assert len(calls) == 12
-
-
 def test_transfer_range_share_counts_values_inside_the_transfer_range() -> None:
     from training.transfer import transfer_range_share
 
@@ -261,18 +223,6 @@ def test_uniform_noise_is_reported_near_transfer_only_with_uniform_inputs() -> N
     assert near_transfer(data, base) == {}
     with_uniform = replace(base, summary={"uniform_rows": 100})
     assert list(near_transfer(data, with_uniform)) == ["uniform_noise"]
-
-
-def test_fit_reports_its_throughput() -> None:
-    from training.config import OptimConfig
-    from training.runtime import fit
-
-    net = HydraNet(ModelConfig(hidden=(8,)), NetSpec("classification", (3,), 2), 1)
-    rt = Runtime(torch.device("cpu"))
-    X, y = torch.randn(40, 3), torch.randint(0, 2, (40,))
-    fit(net, (X, y), lambda model, batch: torch.nn.functional.cross_entropy(model(batch[0])[:, 0], batch[1]),
-        OptimConfig(epochs=2, batch_size=16), rt, checkpoint=None, key="k", desc="stage", seed=0)
-    assert set(rt.throughput) == {"stage"} and rt.throughput["stage"] > 0
 
 
 def test_goals_survive_a_perfect_ensemble() -> None:

@@ -1,4 +1,5 @@
-"""Two processes under torchrun with the gloo backend on the CPU train with DDP."""
+"""Where training runs: the CPU when asked, and two processes under torchrun with the gloo
+backend on the CPU training with DDP."""
 
 import os
 import signal
@@ -9,7 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from training.device import Runtime, setup_runtime, teardown_runtime
+
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_single_process_cpu_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    rt = setup_runtime("cpu")
+    assert rt == Runtime(torch.device("cpu"))
+    assert rt.is_main and not rt.distributed and not rt.amp
+    rt.barrier()  # a no-op with one process
+    teardown_runtime(rt)
 
 
 @pytest.mark.slow

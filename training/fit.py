@@ -1,123 +1,34 @@
-"""Where training runs: CUDA when present (bf16 autocast), the CPU otherwise, several processes
-under ``torchrun`` (DistributedDataParallel; nccl on GPUs, gloo on the CPU).
-
-Also the one generic fit loop every stage uses, with per-epoch checkpoints that let a crashed
-run resume where it stopped.
+"""The one generic fit loop every stage uses (AdamW, cosine schedule, per-epoch checkpoints
+that let a crashed run resume where it stopped), and batched float32 prediction.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, TensorDataset
 from tqdm import tqdm
 
-from contract.files import write_atomic
-from training.config import ConfigError, OptimConfig
+from training.checkpoints import load_checkpoint, save_atomic
+from training.config import OptimConfig
+from training.device import Runtime
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Runtime:
-    device: torch.device
-    rank: int = 0
-    world_size: int = 1
-    # Training throughput per fitted stage (samples/s, all ranks together), for the report.
-    throughput: dict[str, float] = field(default_factory=dict, compare=False)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def amp(self) -> bool:
-        return self.device.type == "cuda"
-
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.amp:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
-
-def setup_runtime(device: str = "auto") -> Runtime:
-    """Read torchrun's environment (if any) and pick the device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device = 'cuda' was asked for but torch sees no CUDA device")
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    log.info("training on %s (rank %d of %d)", dev, rank, world_size)
-    return Runtime(dev, rank, world_size)
-
-
-def teardown_runtime(rt: Runtime) -> None:
-    if rt.distributed and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def config_key(*parts: Any) -> str:
-    """A short hash of whatever decides a checkpoint's content, to refuse stale ones."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file beside ``path``, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda tmp: torch.save(obj, tmp))
-
-
-def load_checkpoint(path: Path, key: str) -> dict[str, Any] | None:
-    """The checkpoint at ``path`` if it was written for ``key``; None if absent or stale."""
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a truncated or foreign file: start that stage over
-        log.warning("ignoring unreadable checkpoint %s: %s", path, exc)
-        return None
-    if state.get("key") != key:
-        log.warning("ignoring checkpoint %s: written for another configuration", path)
-        return None
-    return state
-
 
 LossFn = Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor]
 
 
-def _batches(tensors: tuple[torch.Tensor, ...], batch_size: int, rt: Runtime, seed: int,
-             epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
+def batches(tensors: tuple[torch.Tensor, ...], batch_size: int, rt: Runtime, seed: int,
+            epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
+    """One epoch of shuffled batches on ``rt``'s device; under DDP, this rank's share."""
     dataset = TensorDataset(*tensors)
     if rt.distributed:
         sampler: Any = DistributedSampler(dataset, num_replicas=rt.world_size, rank=rt.rank,
@@ -169,7 +80,7 @@ def fit(model: nn.Module, tensors: tuple[torch.Tensor, ...], loss_fn: LossFn, op
     for epoch in range(start, epochs):
         model.train()
         total, count = 0.0, 0
-        for batch in _batches(tensors, optim.batch_size, rt, seed, epoch):
+        for batch in batches(tensors, optim.batch_size, rt, seed, epoch):
             with rt.autocast():
                 loss = loss_fn(wrapped, batch)
             if not torch.isfinite(loss):

@@ -1,5 +1,6 @@
-"""Evaluation metrics on numpy arrays. Libraries of the field where they exist (scikit-learn's
-ROC/PR, SciPy's Spearman); the few formulas written here are the standard ones.
+"""The report's evaluation metrics on numpy arrays (accuracy, NLL, ECE, Brier, RMSE, OOD
+detection, fidelity). Libraries of the field where they exist (scikit-learn's ROC/PR, SciPy's
+Spearman); the few formulas written here are the standard ones.
 """
 
 from __future__ import annotations
@@ -11,18 +12,25 @@ from scipy.stats import spearmanr
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 
+def confidence_bins(probs: np.ndarray, y: np.ndarray,
+                    n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Equal-width confidence bins: (edges [n_bins + 1], confidence [N], correct [N] as 0/1,
+    bin index [N]). Confidences are computed in ``probs``' own dtype."""
+    conf = probs.max(1)
+    correct = (probs.argmax(1) == y).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
+    return edges, conf, correct, which
+
+
 def classification_metrics(probs: np.ndarray, y: np.ndarray, n_bins: int = 15) -> dict[str, float]:
     """probs [N, C], y [N] -> accuracy, NLL (nats), ECE (equal-width confidence bins), Brier."""
     probs = probs.astype(np.float64)
     n = y.shape[0]
-    pred = probs.argmax(1)
-    correct = (pred == y).astype(np.float64)
     nll = -np.log(np.clip(probs[np.arange(n), y], 1e-12, None)).mean()
     onehot = np.eye(probs.shape[1])[y]
     brier = ((probs - onehot) ** 2).sum(1).mean()
-    conf = probs.max(1)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
+    _, conf, correct, which = confidence_bins(probs, y, n_bins)
     ece = 0.0
     for b in range(n_bins):
         in_bin = which == b
@@ -33,10 +41,8 @@ def classification_metrics(probs: np.ndarray, y: np.ndarray, n_bins: int = 15) -
 
 
 def reliability_bins(probs: np.ndarray, y: np.ndarray, n_bins: int = 15) -> dict[str, list[float]]:
-    conf = probs.max(1)
-    correct = (probs.argmax(1) == y).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
+    """Per confidence bin (as ECE bins them): accuracy, mean confidence, count."""
+    edges, conf, correct, which = confidence_bins(probs, y, n_bins)
     acc, cnf, cnt = [], [], []
     for b in range(n_bins):
         m = which == b

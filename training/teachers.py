@@ -1,0 +1,116 @@
+"""Stage 1 as the pipeline sees it: the teachers (members trained here, member ONNX files, or a
+user's member predictions) and the transfer set they label.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training.checkpoints import Checkpoints, config_key
+from training.config import DistillConfig, EnsembleConfig, ModelConfig, TransferConfig
+from training.data import Dataset, DataError
+from training.device import Runtime
+from training.ensemble import MemberPredictions, load_member_predictions, train_ensemble
+from training.fit import predict
+from training.networks import Ensemble
+from training.onnx_members import OnnxEnsemble, load_onnx_members
+from training.transfer import TransferSet, build_transfer_inputs, row_keys
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Teachers:
+    """The ensemble (None when a user gave only its predictions) and the transfer set it labels."""
+
+    ensemble: Ensemble | OnnxEnsemble | None
+    transfer: TransferSet
+
+
+def teachers(data: Dataset, model: ModelConfig, ensemble: EnsembleConfig, distill: DistillConfig,
+             rt: Runtime, checkpoints: Checkpoints) -> Teachers:
+    """Train (or load) the members, or read a user's, then label the transfer set with them."""
+    if ensemble.predictions:
+        given = load_member_predictions(Path(ensemble.predictions), data, ensemble.members)
+        return Teachers(None, external_transfer_set(given, data, ensemble.predictions, distill))
+    members: Ensemble | OnnxEnsemble
+    if ensemble.models:
+        members = load_onnx_members(ensemble.models, data, ensemble.members, ensemble.member_output)
+        source = "member ONNX files"
+        members_key = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in ensemble.models]
+    else:
+        members = train_ensemble(data, model, ensemble, rt, checkpoints)
+        source, members_key = "members trained here", []
+    X, original = build_transfer_inputs(data.train.X, members, distill.transfer, rt)
+    outputs = predict(members, torch.as_tensor(X), rt).numpy()
+    y = np.zeros((len(X), *data.train.y.shape[1:]), dtype=data.train.y.dtype)
+    y[original] = data.train.y
+    summary: dict[str, Any] = {
+        "source": source, "rows": int(len(X)),
+        "training_rows": int(original.sum()), "added_rows": int((~original).sum()),
+        "uniform_rows": int(round(distill.transfer.uniform_fraction * len(data.train)))}
+    if isinstance(members, OnnxEnsemble) and distill.transfer.perturb_steps > 0:
+        summary["ignored_settings"] = ["distill.transfer.perturb_steps (no gradients through ONNX Runtime)"]
+        log.warning("member ONNX files: distill.transfer.perturb_steps cannot apply (no gradients "
+                    "through ONNX Runtime): ignored")
+    key = config_key(ensemble, distill.transfer, data.digest(), *members_key)
+    return Teachers(members, TransferSet(X, outputs, y, original, key, summary))
+
+
+# Transfer settings that need the teachers themselves, which a predictions file does not give.
+_TEACHER_ONLY = ("copies", "noise_std", "mixup_alpha", "perturb_steps", "uniform_fraction")
+
+
+def external_transfer_set(given: MemberPredictions, data: Dataset, source: str,
+                          distill: DistillConfig) -> TransferSet:
+    """A user's member predictions as a transfer set, without the held-out rows.
+
+    Rows equal to a calibration or test row are dropped (and counted): distilling on them
+    would leak the inputs the OOD threshold and the report are computed on. Rows equal to a
+    training row get that row's label, for ``distill.gt_weight``. ``source`` names the file.
+    """
+    held_out = {"calibration": set(row_keys(data.calibration.X)), "test": set(row_keys(data.test.X))}
+    train_rows = {k: i for i, k in enumerate(row_keys(data.train.X))}
+    keys = row_keys(given.X)
+    keep = np.ones(len(keys), dtype=bool)
+    dropped = {name: 0 for name in held_out}
+    for i, k in enumerate(keys):
+        for name, rows in held_out.items():
+            if k in rows:
+                dropped[name] += 1
+                keep[i] = False
+                break
+    if not keep.any():
+        raise DataError(f"{source}: every row of X is a calibration or test "
+                        "row of the data set; give member predictions on training (or other) inputs")
+    X, teacher = given.X[keep], given.outputs[keep]
+    y = np.zeros((len(X), *data.train.y.shape[1:]), dtype=data.train.y.dtype)
+    labelled = np.zeros(len(X), dtype=bool)
+    for i, k in enumerate(np.asarray(keys, dtype=object)[keep]):
+        j = train_rows.get(k)
+        if j is not None:
+            y[i], labelled[i] = data.train.y[j], True
+    defaults = TransferConfig()
+    ignored = [f"distill.transfer.{name}" for name in _TEACHER_ONLY
+               if getattr(distill.transfer, name) != getattr(defaults, name)]
+    if distill.gt_weight > 0 and not labelled.any():
+        ignored.append("distill.gt_weight (no row of the file is a training row)")
+    if sum(dropped.values()):
+        log.warning("member predictions: dropped %d calibration and %d test rows from the transfer "
+                    "set (they must stay unseen)", dropped["calibration"], dropped["test"])
+    if ignored:
+        log.warning("member predictions: %s cannot apply without the members themselves: ignored",
+                    ", ".join(ignored))
+    digest = hashlib.sha256(np.ascontiguousarray(X).tobytes() + np.ascontiguousarray(teacher).tobytes())
+    summary = {"source": "member predictions file", "rows_given": int(len(keys)),
+               "dropped_held_out_rows": dropped, "rows": int(len(X)),
+               "training_rows": int(labelled.sum()), "ignored_settings": ignored}
+    key = config_key("predictions", digest.hexdigest(), data.digest())
+    return TransferSet(X, teacher, y, labelled, key, summary)
