@@ -18,7 +18,7 @@ from training.data import Dataset, DataError
 from training.device import Runtime
 from training.fit import fit
 from training.losses import ground_truth_loss
-from training.networks import Ensemble, build_network
+from training.networks import Ensemble, build_network, member_model
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 def train_ensemble(data: Dataset, model: ModelConfig, ensemble: EnsembleConfig, rt: Runtime,
                    checkpoints: Checkpoints) -> Ensemble:
     """Train (or load) the M members; member m is seeded with ensemble.seed + m."""
+    model = member_model(model)  # the same members whatever the Hydra's head type
     key = checkpoints.key(model, ensemble, data.digest(), "member")
     members = []
     X, y = torch.as_tensor(data.train.X), torch.as_tensor(data.train.y)

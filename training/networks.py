@@ -10,6 +10,7 @@ Head weights are stored stacked per head ([M, F, O]) so all heads run as one bat
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -216,6 +217,17 @@ class Ensemble(nn.Module):
 def net_spec(data: Dataset) -> NetSpec:
     out = data.num_classes if data.task == "classification" else data.output_dim
     return NetSpec(data.task, data.feature_shape, out)
+
+
+# Heads that hold a copy of the body's last stage only split a network for sharing: one member
+# with such a head is the whole network with a linear head, the same function. Members are
+# built that way, so that every head type of a Hydra is distilled from the same members.
+MEMBER_HEAD = {"block": "linear"}
+
+
+def member_model(model: ModelConfig) -> ModelConfig:
+    """The architecture of one ensemble member for a Hydra of architecture ``model``."""
+    return dataclasses.replace(model, head=MEMBER_HEAD.get(model.head, model.head))
 
 
 def build_network(model: ModelConfig, data: Dataset, num_heads: int) -> HydraNet:

@@ -7,7 +7,10 @@ global average pooling. With ``model.head = "block"`` the body stops before its 
 and each head is its own copy of that block, pooled, followed by its own linear layer: the
 heads share everything but the last stage. All M head blocks run as one grouped convolution.
 
-Both register themselves: body "resnet", head "block".
+They register themselves: body "resnet" (stages from ``model.channels`` and ``model.blocks``),
+the fixed layouts "resnet18" (64-128-256-512 channels, 2-2-2-2 blocks) and "resnet34"
+(3-4-6-3 blocks) of He et al., and head "block". The stem is a 3x3 convolution without
+downsampling, as for 32x32 images.
 """
 
 from __future__ import annotations
@@ -131,9 +134,34 @@ def _resnet_body(cfg: ModelConfig, spec: NetSpec) -> ResNetBody:
                       cfg.blocks, keep_last_block=cfg.head != "block")
 
 
+LAYOUTS = {
+    "resnet18": ((64, 128, 256, 512), (2, 2, 2, 2)),
+    "resnet34": ((64, 128, 256, 512), (3, 4, 6, 3)),
+}
+
+
+def _fixed_layout(name: str) -> None:
+    channels, blocks = LAYOUTS[name]
+    defaults = ModelConfig()
+
+    @BODIES.register(name)
+    def body(cfg: ModelConfig, spec: NetSpec) -> ResNetBody:
+        given = (tuple(cfg.channels), tuple(cfg.blocks))
+        if given not in ((channels, blocks), (defaults.channels, defaults.blocks)):
+            raise ConfigError(f"model.body = {name!r} has channels {list(channels)} and blocks "
+                              f"{list(blocks)}; got model.channels {list(cfg.channels)} and model.blocks "
+                              f"{list(cfg.blocks)}: leave them out, or use body \"resnet\" to choose them")
+        return ResNetBody(cfg.image_shape or spec.feature_shape, math.prod(spec.feature_shape), channels,
+                          blocks, keep_last_block=cfg.head != "block")
+
+
+for _name in LAYOUTS:
+    _fixed_layout(_name)
+
+
 @HEADS.register("block")
 def _block_heads(cfg: ModelConfig, spec: NetSpec, body: nn.Module, num_heads: int) -> BlockHeadBank:
-    if cfg.body != "resnet":
+    if not isinstance(body, ResNetBody):
         raise ConfigError(f"model.head = \"block\" copies the last residual block: it needs "
-                          f"model.body = \"resnet\", got {cfg.body!r}")
+                          f"a ResNet body (resnet, {', '.join(LAYOUTS)}), got {cfg.body!r}")
     return BlockHeadBank(num_heads, body.out_features, spec.head_out)

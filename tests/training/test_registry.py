@@ -11,7 +11,7 @@ from training.registry import NetSpec, Registry
 
 
 def test_built_in_parts_are_registered() -> None:
-    assert sorted(BODIES) == ["cnn", "mlp", "resnet"]
+    assert sorted(BODIES) == ["cnn", "mlp", "resnet", "resnet18", "resnet34"]
     assert sorted(HEADS) == ["block", "linear", "mlp"]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,7 @@ def test_replicated_block_heads_are_exact_copies() -> None:
 
 
 def test_resnet_settings_errors() -> None:
-    with pytest.raises(ConfigError, match=r'model.head = "block" copies the last residual block: it needs model.body = "resnet"'):
+    with pytest.raises(ConfigError, match=r"model.head = \"block\" copies the last residual block: it needs a ResNet body \(resnet, resnet18, resnet34\), got 'mlp'"):
         HydraNet(ModelConfig(body="mlp", head="block"), NetSpec("classification", (64,), 10), 2)
     with pytest.raises(ConfigError, match=r"model.blocks \[1\] must give at least one block for each of the 2 stages"):
         _net("linear", (3, 8, 8), blocks=(1,))
@@ -85,3 +86,30 @@ def test_digits_resnet_config_trains_and_publishes(tmp_path: Path) -> None:
     assert report["parameters"]["hydra"] > report["parameters"]["member"]
     session = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape[1:] == [3, 32, 32]
+
+
+def test_fixed_resnet_layouts_have_he_et_al_stage_sizes() -> None:
+    spec = NetSpec("classification", (3, 32, 32), 10)
+    r18 = HydraNet(ModelConfig(body="resnet18", image_shape=(3, 32, 32)), spec, 1)
+    r34 = HydraNet(ModelConfig(body="resnet34", image_shape=(3, 32, 32)), spec, 1)
+    # Independent count: CIFAR-style ResNet-18/34 (3x3 stem, no downsampling stem) with a
+    # 10-way linear layer: 11,173,962 and 21,282,122 parameters.
+    assert count_parameters(r18) == 11_173_962
+    assert count_parameters(r34) == 21_282_122
+    with pytest.raises(ConfigError, match=r"model.body = 'resnet18' has channels \[64, 128, 256, 512\]"):
+        HydraNet(ModelConfig(body="resnet18", channels=(8, 16), blocks=(1, 2), image_shape=(3, 32, 32)), spec, 1)
+    block = HydraNet(ModelConfig(body="resnet18", head="block", image_shape=(3, 32, 32)), spec, 4)
+    assert block.heads.channels == 512
+
+
+def test_members_of_a_block_head_hydra_are_whole_networks_with_linear_heads() -> None:
+    from training.networks import member_model
+
+    block = ModelConfig(body="resnet", channels=(8, 16), blocks=(1, 2), head="block")
+    assert member_model(block) == replace(block, head="linear")
+    for head in ("linear", "mlp"):  # heads that are a member's own head stay as they are
+        assert member_model(replace(block, head=head)) == replace(block, head=head)
+    spec = NetSpec("classification", (3, 16, 16), 10)
+    # Same function class: a one-head block bank on the shortened body has exactly the
+    # parameters of the whole body with a linear head.
+    assert count_parameters(HydraNet(block, spec, 1)) == count_parameters(HydraNet(member_model(block), spec, 1))
