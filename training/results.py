@@ -7,7 +7,8 @@ and is rewritten from its source, never typed by hand:
 - ``serving``: the service's own answer for a checkerboard, with the newest digits version;
 - ``ablation``: ``benchmarks/results/ablation.json`` (``benchmarks/ablate_transfer.py``);
 - ``seeds``: ``benchmarks/results/seed_spread.json`` (``benchmarks/seed_spread.py``);
-- ``tabular``: ``benchmarks/results/tabular.json`` (``benchmarks/tabular_check.py``).
+- ``tabular``: ``benchmarks/results/tabular.json`` (``benchmarks/tabular_check.py``);
+- ``resnet``: ``benchmarks/results/resnet_heads.json`` (``benchmarks/resnet_heads.py``).
 
 ``--check`` rewrites nothing and exits 1 when a section differs from what its source gives.
 """
@@ -168,6 +169,35 @@ def render_tabular(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+ACCURACY_GAP_GOAL = 1.0  # points
+AUROC_RATIO_GOAL = 0.97
+
+
+def render_resnet_heads(summary: dict[str, Any]) -> str:
+    runs = summary["runs"]
+    first = runs[0]
+    members = first["parameters"]["member"]
+    lines = [f"`{summary['config']}`" + (f" with {', '.join(summary['overrides'])}" if summary["overrides"] else "")
+             + f", distilled with each head type from the same members (device {first['device']}; "
+             f"one member has {members:,} parameters). Goals: accuracy within "
+             f"{ACCURACY_GAP_GOAL:g} point of the ensemble, OOD AUROC of model uncertainty at least "
+             f"{AUROC_RATIO_GOAL:g} x the ensemble's.", ""]
+    ood = list(first["ood_auroc_model"])
+    header = ["heads", "Hydra parameters", "ensemble accuracy", "Hydra accuracy", "gap (points)",
+              *(f"AUROC ratio, {k.replace('_', ' ')}" for k in ood), "goals"]
+    rows = []
+    for run in runs:
+        t = run["test"]
+        gap = 100 * (t["ensemble"]["accuracy"] - t["hydra"]["accuracy"])
+        ratios = [run["ood_auroc_model"][k]["ratio"] for k in ood]
+        met = gap <= ACCURACY_GAP_GOAL and all(r >= AUROC_RATIO_GOAL for r in ratios)
+        rows.append([run["head"], f"{run['parameters']['hydra']:,}", _f(t["ensemble"]["accuracy"], 4),
+                     _f(t["hydra"]["accuracy"], 4), f"{gap:.2f}", *(_f(r, 3) for r in ratios),
+                     "met" if met else "**missed**"])
+    lines += _table(header, rows)
+    return "\n".join(lines)
+
+
 def render_seed_spread(summary: dict[str, Any]) -> str:
     runs = summary["runs"]
     keys = list(runs[0]["goals"])
@@ -304,6 +334,8 @@ SECTIONS = (
             _json(render_seed_spread), "benchmarks/results/seed_spread.json, written by benchmarks/seed_spread.py"),
     Section("ablation", lambda repo, root: root / "benchmarks" / "results" / "ablation.json",
             _json(render_ablation), "benchmarks/results/ablation.json, written by benchmarks/ablate_transfer.py"),
+    Section("resnet", lambda repo, root: root / "benchmarks" / "results" / "resnet_heads.json",
+            _json(render_resnet_heads), "benchmarks/results/resnet_heads.json, written by benchmarks/resnet_heads.py"),
     Section("tabular", lambda repo, root: root / "benchmarks" / "results" / "tabular.json",
             _json(render_tabular), "benchmarks/results/tabular.json, written by benchmarks/tabular_check.py"),
 )

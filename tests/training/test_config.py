@@ -7,10 +7,19 @@ from training.config import ConfigError, load_config
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("name", ["digits", "digits_cnn", "diabetes", "tiny"])
+SHIPPED = sorted(p.stem for p in (ROOT / "configs").glob("*.toml"))
+
+
+def test_every_shipped_config_is_checked() -> None:
+    assert {"digits", "digits_cnn", "digits_resnet", "diabetes", "tiny", "example_folder",
+            "example_members"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_configs_load(name: str) -> None:
     config = load_config(ROOT / "configs" / f"{name}.toml")
     assert config.ensemble.members >= 3
+    assert len(config.ensemble.models) in (0, config.ensemble.members)
 
 
 def test_overrides_apply_with_types() -> None:
