@@ -6,6 +6,11 @@ smaller sizes, on the CPU provider, which is how it is tested:
     python benchmarks/bench_gpu.py                    # CUDA when present, else CPU sizes
     python benchmarks/bench_gpu.py --device cpu       # the CPU goal: ResNet-18 bodies, batch 256
     python benchmarks/bench_gpu.py --quick            # small sizes, about a minute on 2 cores
+    python benchmarks/bench_gpu.py --device cpu --parts onnx   # only the Hydra vs ensemble part
+
+On the GPU machine (its own CUDA torch, no network) run it from the source tree, with
+onnxruntime-gpu and the service's wheels on PYTHONPATH; the client side uses the standard
+library only.
 
 It prints one Markdown table per part, for BENCHMARKS.md, and writes them as JSON (--json):
 
@@ -31,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +66,7 @@ PLANS = {
         "train": ["ensemble.members=3", "ensemble.optim.epochs=2", "distill.phase1.epochs=1",
                   "distill.phase2.epochs=2", "distill.transfer.copies=1"],
         "resnet": {"channels": (64, 128, 256, 512), "blocks": (2, 2, 2, 2)}, "members": 10,
-        "batches": (1, 64, 256), "rounds": 2, "seconds": 3.0,
+        "batches": (1, 64, 256), "rounds": 1, "seconds": 3.0,
         "concurrency": (1, 8, 64), "duration": 2.0,
     },
     "quick": {
@@ -172,11 +178,44 @@ def hydra_vs_ensemble(device: str, plan: dict, tmp: Path) -> list[dict]:
 
 
 # -- 3 and 4. the service -------------------------------------------------------------------------
+# Only the standard library on the client side (the GPU machine has neither httpx nor psutil).
 
 def _get_json(port: int, path: str) -> dict:
-    import httpx
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+        return json.loads(answer.read())
 
-    return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=10).json()
+
+def start_service(repo: Path, providers: list[str]) -> tuple[subprocess.Popen, int]:
+    port = bs._free_port()
+    env = {**os.environ, "HYDRA_REPOSITORY": str(repo), "HYDRA_PORT": str(port), "HYDRA_QUEUE_SIZE": "1024",
+           "HYDRA_PROVIDERS": ",".join(providers), "HYDRA_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-m", "app"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the service exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as answer:
+                if answer.status == 200:
+                    return proc, port
+        except OSError:
+            pass
+        time.sleep(0.2)
+    bs.stop(proc)
+    raise SystemExit("the service was not ready within 180 s")
+
+
+def measure(load: bs.LoadGenerator, port: int, request: bytes, concurrency: int, duration: float) -> dict:
+    """Requests/s, p50/p99 latency and errors of ``concurrency`` keep-alive clients."""
+    load.jobs.put((port, request, concurrency, 0.3, duration))
+    latencies, statuses = load.results.get(timeout=duration + 120)
+    statuses.pop(-1, None)  # the count of answered requests, not a status
+    lat = np.asarray(latencies) * 1000.0
+    return {"concurrency": concurrency, "rps": len(lat) / duration,
+            "p50_ms": float(np.percentile(lat, 50)) if lat.size else float("nan"),
+            "p99_ms": float(np.percentile(lat, 99)) if lat.size else float("nan"),
+            "errors": sum(n for code, n in statuses.items() if code != 200)}
 
 
 def serve_and_measure(version: Path, device: str, plan: dict, tmp: Path) -> dict:
@@ -188,21 +227,19 @@ def serve_and_measure(version: Path, device: str, plan: dict, tmp: Path) -> dict
     request = bs._request_bytes("/v1/models/bench:predict", body)
     load = bs.LoadGenerator()
     result: dict = {"service": [], "direct": []}
-    saved = os.environ.get("HYDRA_PROVIDERS")
     try:
         runs = [(device, plan["concurrency"])]
         if device == "cuda":
             runs.append(("cpu", (1,)))
         for run_device, levels in runs:
-            os.environ["HYDRA_PROVIDERS"] = ",".join(providers_for(run_device))
-            proc, port = bs.start_service(repo, batching=True)
+            proc, port = start_service(repo, providers_for(run_device))
             try:
                 meta = _get_json(port, "/v1/models/bench")
                 if run_device == device:
                     result["provider"] = meta.get("provider")
                     result["parity_with_cpu"] = meta.get("parity_with_cpu")
                 for c in levels:
-                    row = load.measure(port, request, c, plan["duration"], pid=proc.pid)
+                    row = measure(load, port, request, c, plan["duration"])
                     row.update(provider=meta.get("provider"))
                     result["service"].append({k: (round(v, 3) if isinstance(v, float) else v)
                                               for k, v in row.items()})
@@ -210,10 +247,6 @@ def serve_and_measure(version: Path, device: str, plan: dict, tmp: Path) -> dict
                 bs.stop(proc)
     finally:
         load.close()
-        if saved is None:
-            os.environ.pop("HYDRA_PROVIDERS", None)
-        else:
-            os.environ["HYDRA_PROVIDERS"] = saved
     sess = ort.InferenceSession(str(version / "model.onnx"), session_options(), providers=provider_options(device))
     for batch in plan["concurrency"]:
         xb = np.ascontiguousarray(np.resize(x, (batch, *IMAGE)))
@@ -242,12 +275,12 @@ def table(header: list[str], rows: list[list[object]]) -> str:
 
 def render(result: dict) -> str:
     out = [f"Machine: {result['machine']}; device {result['device']}"]
-    tr = result["training"]
-    out += ["", "Training (configs/digits_resnet.toml, shortened):", "",
+    tr = result.get("training")
+    out += [] if tr is None else ["", "Training (configs/digits_resnet.toml, shortened):", "",
             table(["stage", "samples/s"], [[k, v] for k, v in tr["samples_per_s"].items()]),
             "", f"wall {tr['wall_s']} s; test accuracy ensemble {tr['accuracy']['ensemble']:.4f}, "
             f"Hydra {tr['accuracy']['hydra']:.4f}; export parity {tr['export_parity']:.1e}"]
-    rows = result["onnx"]
+    rows = result.get("onnx")
     if rows:
         p = rows[0]["params"]
         out += ["", f"Hydra vs ensemble in ONNX Runtime (ResNet body {result['resnet']}, M = {rows[0]['members']}, "
@@ -255,7 +288,9 @@ def render(result: dict) -> str:
                 table(["heads", "batch", "Hydra samples/s", "ensemble samples/s", "ratio", "ratio / M"],
                       [[r["head"], r["batch"], r["hydra_samples_per_s"], r["ensemble_samples_per_s"], r["ratio"],
                         round(r["ratio"] / r["members"], 2)] for r in rows])]
-    sv = result["service"]
+    sv = result.get("service")
+    if sv is None:
+        return "\n".join(out)
     direct = {d["batch"]: d["samples_per_s"] for d in sv["direct"]}
     out += ["", "Service (V1, one instance per request) vs ONNX Runtime directly at the same batch size:", "",
             table(["provider", "concurrency", "requests/s", "p50 ms", "p99 ms", "errors", "direct samples/s",
@@ -278,7 +313,8 @@ def main() -> int:
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument("--quick", action="store_true", help="small sizes (the tested path)")
     parser.add_argument("--json", type=Path, help="write the figures here")
-    parser.add_argument("--skip-onnx", action="store_true", help="leave out part 2")
+    parser.add_argument("--parts", default="train,onnx,service",
+                        help="comma-separated parts to run: train, onnx, service (service needs train)")
     args = parser.parse_args()
     import torch
 
@@ -294,14 +330,20 @@ def main() -> int:
                     "machine": f"{cpu_name()}, {os.cpu_count()} cores"}
     if device == "cuda":
         result["machine"] += f", {torch.cuda.get_device_name(0)}"
+    parts = set(args.parts.split(","))
+    if not parts <= {"train", "onnx", "service"} or ("service" in parts and "train" not in parts):
+        parser.error(f"--parts: train, onnx, service (service needs train), got {args.parts!r}")
     with tempfile.TemporaryDirectory(prefix="hydra-bench-gpu-") as name:
         tmp = Path(name)
-        print("1/3 training", file=sys.stderr)
-        version, result["training"] = train(device, plan["train"], tmp)
-        print("2/3 Hydra vs ensemble in ONNX Runtime", file=sys.stderr)
-        result["onnx"] = [] if args.skip_onnx else hydra_vs_ensemble(device, plan, tmp)
-        print("3/3 the service", file=sys.stderr)
-        result["service"] = serve_and_measure(version, device, plan, tmp)
+        if "train" in parts:
+            print("training", file=sys.stderr)
+            version, result["training"] = train(device, plan["train"], tmp)
+        if "onnx" in parts:
+            print("Hydra vs ensemble in ONNX Runtime", file=sys.stderr)
+            result["onnx"] = hydra_vs_ensemble(device, plan, tmp)
+        if "service" in parts:
+            print("the service", file=sys.stderr)
+            result["service"] = serve_and_measure(version, device, plan, tmp)
     result["duration_s"] = round(time.perf_counter() - started, 1)
     print(render(result))
     print(f"\n(bench_gpu.py took {result['duration_s']} s)")

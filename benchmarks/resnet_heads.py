@@ -1,0 +1,85 @@
+"""The ResNet-body Hydra with both head types, side by side, distilled from the same members.
+
+    .venv/bin/python benchmarks/resnet_heads.py [--set KEY=VALUE ...] [--json PATH]
+
+Runs ``configs/digits_resnet.toml`` (the digits as 3x32x32 images) twice through
+``hydra-train run``: ``model.head = "linear"`` (M linear layers on the shared body) and
+``model.head = "block"`` (each head its own copy of the last residual block). Both runs share
+one checkpoint folder, and members do not depend on the head type, so the second run loads
+the first run's members: the two Hydras imitate the same ensemble. It prints and writes
+(default ``benchmarks/results/resnet_heads.json``, the source of the README's ``resnet``
+table) per head type: test accuracy and NLL of ensemble, KD student and Hydra, the OOD AUROC
+of model uncertainty per OOD set with its Hydra/ensemble ratio, parameter counts and the
+training samples/s of each stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "digits_resnet.toml"
+HEADS = ("linear", "block")
+
+
+def run(head: str, overrides: list[str], tmp: Path) -> dict:
+    repo = tmp / f"models-{head}"
+    cmd = [sys.executable, "-m", "training.cli", "run", "--config", str(CONFIG), "--repository", str(repo),
+           "--set", f'model.head="{head}"', "--set", f'runs_dir="{tmp / "runs"}"']
+    for item in overrides:
+        cmd += ["--set", item]
+    started = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"hydra-train run with model.head={head} failed:\n{done.stderr[-3000:]}")
+    (version,) = [p for p in (repo / "digits-resnet").iterdir() if p.name.isdigit()]
+    report = json.loads((version / "report.json").read_text())
+    members_loaded = not any(k.startswith("member") for k in report["training_samples_per_s"])
+    return {
+        "head": head,
+        "wall_s": round(time.perf_counter() - started, 1),
+        "members_loaded_from_first_run": members_loaded,
+        "test": {m: {k: report["test"][m][k] for k in ("accuracy", "nll")} for m in ("ensemble", "kd", "hydra")},
+        "ood_auroc_model": {
+            name: {"ensemble": entry["ensemble"]["model_uncertainty"]["auroc"],
+                   "hydra": entry["hydra"]["model_uncertainty"]["auroc"],
+                   "ratio": entry["hydra_over_ensemble_auroc"]["model_uncertainty"]}
+            for name, entry in report["ood_detection"].items()},
+        "parameters": report["parameters"],
+        "training_samples_per_s": report["training_samples_per_s"],
+        "machine": report["machine"],
+        "device": report["device"],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "resnet_heads.json")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="hydra-resnet-heads-") as name:
+        rows = [run(head, args.overrides, Path(name)) for head in HEADS]
+    if rows[0]["test"]["ensemble"] != rows[1]["test"]["ensemble"]:
+        raise SystemExit("the two runs distilled different ensembles: their test figures differ")
+    result = {"config": str(CONFIG.relative_to(ROOT)), "overrides": args.overrides, "runs": rows}
+    for row in rows:
+        t = row["test"]
+        gap = 100 * (t["ensemble"]["accuracy"] - t["hydra"]["accuracy"])
+        ratios = ", ".join(f"{k} {v['ratio']:.3f}" for k, v in row["ood_auroc_model"].items())
+        print(f"{row['head']:>6} heads: accuracy ensemble {t['ensemble']['accuracy']:.4f}, Hydra "
+              f"{t['hydra']['accuracy']:.4f} (gap {gap:.2f} points); AUROC ratios {ratios}; "
+              f"parameters Hydra {row['parameters']['hydra']:,} / member {row['parameters']['member']:,}")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
