@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_service as bs  # noqa: E402
+from train_run import train_and_publish  # noqa: E402
 
 from contract.onnxrt import session_options  # noqa: E402
 
@@ -93,17 +94,9 @@ def provider_options(device: str) -> list[str | tuple[str, dict[str, str]]]:
 # -- 1. training ----------------------------------------------------------------------------------
 
 def train(device: str, overrides: list[str], tmp: Path) -> tuple[Path, dict]:
-    cmd = [sys.executable, "-m", "training.cli", "run", "--config", str(ROOT / "configs" / "digits_resnet.toml"),
-           "--repository", str(tmp / "models"), "--set", f'device="{device}"',
-           "--set", f'runs_dir="{tmp / "runs"}"']
-    for item in overrides:
-        cmd += ["--set", item]
     started = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"training failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    (version,) = sorted((tmp / "models" / "digits-resnet").iterdir())
-    report = json.loads((version / "report.json").read_text())
+    version, report = train_and_publish(ROOT / "configs" / "digits_resnet.toml", tmp / "models", tmp / "runs",
+                                        [f'device="{device}"', *overrides])
     parity = report["export"]["model.onnx"]["max_abs_diff"]
     return version, {
         "wall_s": round(time.perf_counter() - started, 1),

@@ -17,29 +17,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from train_run import train_and_publish  # noqa: E402
+
 CONFIG = ROOT / "configs" / "digits_resnet.toml"
 HEADS = ("linear", "block")
 
 
 def run(head: str, overrides: list[str], tmp: Path) -> dict:
-    repo = tmp / f"models-{head}"
-    cmd = [sys.executable, "-m", "training.cli", "run", "--config", str(CONFIG), "--repository", str(repo),
-           "--set", f'model.head="{head}"', "--set", f'runs_dir="{tmp / "runs"}"']
-    for item in overrides:
-        cmd += ["--set", item]
     started = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"hydra-train run with model.head={head} failed:\n{done.stderr[-3000:]}")
-    (version,) = [p for p in (repo / "digits-resnet").iterdir() if p.name.isdigit()]
-    report = json.loads((version / "report.json").read_text())
+    version, report = train_and_publish(CONFIG, tmp / f"models-{head}", tmp / "runs",
+                                        [f'model.head="{head}"', *overrides])
     members_loaded = not any(k.startswith("member") for k in report["training_samples_per_s"])
     return {
         "head": head,
