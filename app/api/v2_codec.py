@@ -113,6 +113,7 @@ class InferRequest:
     id: str | None
     batch: FloatBatch  # [B, *feature_shape]
     wanted: list[tuple[str, bool]]  # (output name, as binary data), in the order asked
+    heads: bool = False  # some per-head output ``head_m`` is asked for
 
 
 def decode_infer(
@@ -140,7 +141,8 @@ def decode_infer(
     wanted = _wanted_outputs(req, specs)
     per_row = sum(math.prod(specs[n][1][1:]) for n, _ in wanted)
     check_response_size(len(batch), per_row, settings.max_response_values)
-    return InferRequest(req.id, batch, wanted)
+    heads = any(n.startswith("head_") for n, _ in wanted)
+    return InferRequest(req.id, batch, wanted, heads)
 
 
 def infer_response(name: str, version: int, req: InferRequest, outputs: OutputArrays) -> Response:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from contract.onnxrt import session_options
-from contract.model import INPUT_NAME, ContractError, ModelMetadata, expected_output_shapes
+from contract.model import INPUT_NAME, ContractError, ModelMetadata, expected_output_shapes, head_names
 
 logger = logging.getLogger("app.runtime")  # the name log lines carry (their "logger" field)
 
@@ -48,9 +49,22 @@ class LoadedModel:
         """[-1, *feature_shape]: -1 is the dynamic batch, as the V2 metadata writes it."""
         return [-1, *self.meta.feature_shape]
 
-    def infer(self, batch: npt.NDArray[np.float32]) -> OutputArrays:
-        """Run the graph on [B, *feature_shape] float32; add the service's extra outputs."""
-        names = self.meta.output_names
+    @cached_property
+    def _fetched(self) -> tuple[list[str], list[str]]:
+        """The graph outputs fetched without and with the per-head ones."""
+        every = self.meta.output_names
+        heads = set(head_names(self.meta.num_heads))
+        return [n for n in every if n not in heads], every
+
+    def output_names(self, heads: bool) -> list[str]:
+        """The graph outputs a call fetches: the per-head ``head_m`` only when ``heads``."""
+        return self._fetched[1] if heads else self._fetched[0]
+
+    def infer(self, batch: npt.NDArray[np.float32], heads: bool = False) -> OutputArrays:
+        """Run the graph on [B, *feature_shape] float32; add the service's extra outputs.
+        ``heads``: fetch the per-head outputs too (else ONNX Runtime is asked only for the
+        others)."""
+        names = self.output_names(heads)
         values = self.session.run(names, {INPUT_NAME: batch})
         out: OutputArrays = dict(zip(names, values))
         if self.meta.task == "classification":
@@ -175,7 +189,7 @@ def warm_up(model: LoadedModel) -> None:
     """One inference on a small batch: shapes as the contract says and every value finite."""
     x = np.zeros((WARMUP_BATCH, *model.meta.feature_shape), dtype=np.float32)
     try:
-        out = model.infer(x)
+        out = model.infer(x, heads=True)
     except Exception as exc:  # ORT failures at run time come as its own exception types
         raise ContractError(f"warm-up inference failed: {exc}") from exc
     for name, shape in expected_output_shapes(model.meta).items():
