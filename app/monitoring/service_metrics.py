@@ -21,6 +21,7 @@ histograms write their values to the shared directory like every other metric, a
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -210,8 +211,11 @@ class ServiceMetrics:
             ood.inc(flagged)
         for component, child in histograms:
             values = np.asarray(outputs[f"{component}_uncertainty"], dtype=np.float64)
-            finite = np.isfinite(values)
-            if not finite.all():
+            if math.isfinite(values.sum()):  # one reduction on the common path
+                finite = None
+            else:
+                finite = np.isfinite(values)
+            if finite is not None and not finite.all():
                 logger.warning(
                     "%d non-finite %s uncertainties from %s/%s not recorded in metrics",
                     int((~finite).sum()), component, model.name, model.version,

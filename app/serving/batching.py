@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -107,6 +108,11 @@ def _expire(future: asyncio.Future[BatchAnswer], label: str, timeout_s: float) -
 def _finite_rows(outputs: OutputArrays, n: int) -> npt.NDArray[np.bool_] | None:
     """Per row: every float output value finite. None when all rows are (the common case,
     one reduction per output)."""
+    floats = [v.ravel() for v in outputs.values() if v.dtype.kind == "f"]
+    # One float64 sum over every value first: finite exactly when all are (float32 values
+    # cannot overflow it; a float64 sum that does only sends it down the exact path below).
+    if not floats or math.isfinite(np.concatenate(floats).sum(dtype=np.float64)):
+        return None
     ok: npt.NDArray[np.bool_] | None = None
     for value in outputs.values():
         if value.dtype.kind != "f" or np.isfinite(value).all():

@@ -60,6 +60,21 @@ class LoadedModel:
         """The graph outputs a call fetches: the per-head ``head_m`` only when ``heads``."""
         return self._fetched[1] if heads else self._fetched[0]
 
+    @cached_property
+    def _calibration_scores(self) -> npt.NDArray[np.float64]:
+        assert self.meta.ood is not None
+        return np.asarray(self.meta.ood.sorted_scores, dtype=np.float64)
+
+    def p_values(self, scores: npt.NDArray[np.generic]) -> npt.NDArray[np.float64]:
+        """The conformal p-value of each score, as ``OodCalibration.p_values`` computes it,
+        with the calibration scores turned into an array once per model, not per call."""
+        calibration = self.meta.ood
+        assert calibration is not None
+        stored = self._calibration_scores
+        at_least = stored.size - np.searchsorted(stored, np.asarray(scores, dtype=np.float64), side="left")
+        at_least = at_least * (calibration.n_calibration / stored.size)
+        return (1.0 + at_least) / (1.0 + calibration.n_calibration)
+
     def infer(self, batch: npt.NDArray[np.float32], heads: bool = False) -> OutputArrays:
         """Run the graph on [B, *feature_shape] float32; add the service's extra outputs.
         ``heads``: fetch the per-head outputs too (else ONNX Runtime is asked only for the
@@ -73,7 +88,7 @@ class LoadedModel:
         if calibration is not None:
             score = out[calibration.score]
             out["is_ood"] = calibration.is_ood(score)
-            out["ood_p_value"] = calibration.p_values(score)
+            out["ood_p_value"] = self.p_values(score)
         else:
             out["is_ood"] = np.zeros(batch.shape[0], dtype=bool)
         return out
