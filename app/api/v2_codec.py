@@ -33,7 +33,17 @@ EXPECTED = "an object with 'inputs': [{name, shape, datatype, data}]"
 
 
 def output_specs(served: ServedModel) -> dict[str, tuple[str, list[int]]]:
-    """Every output the V2 endpoint can return: name -> (datatype, shape with -1 for batch)."""
+    """Every output the V2 endpoint can return: name -> (datatype, shape with -1 for batch).
+    Computed once per model (the answer is shared: never mutate it)."""
+    memo = served.model.memo
+    specs = memo.get("v2_output_specs")
+    if specs is None:
+        specs = memo["v2_output_specs"] = _output_specs(served)
+        memo["v2_row_values"] = {n: math.prod(shape[1:]) for n, (_, shape) in specs.items()}
+    return specs
+
+
+def _output_specs(served: ServedModel) -> dict[str, tuple[str, list[int]]]:
     meta = served.model.meta
     specs: dict[str, tuple[str, list[int]]] = {}
     for name, shape in expected_output_shapes(meta).items():
@@ -139,7 +149,8 @@ def decode_infer(
     )
     specs = output_specs(served)
     wanted = _wanted_outputs(req, specs)
-    per_row = sum(math.prod(specs[n][1][1:]) for n, _ in wanted)
+    row_values = model.memo["v2_row_values"]
+    per_row = sum(row_values[n] for n, _ in wanted)
     check_response_size(len(batch), per_row, settings.max_response_values)
     heads = any(n.startswith("head_") for n, _ in wanted)
     return InferRequest(req.id, batch, wanted, heads)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +44,9 @@ class LoadedModel:
     # On an accelerator: the largest |difference| from the CPU provider on a probe batch, per
     # output (None on the CPU provider itself).
     parity: dict[str, float] | None = None
+    # What the protocol codecs derive from the metadata once per model, not per request
+    # (by their own keys; never mutated after it is stored).
+    memo: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @property
     def input_shape(self) -> list[int]:
