@@ -4,6 +4,7 @@ thread; p-values as the contract computes them."""
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from servekit import CPU, make_settings, reference_outputs, serve
 
 V1 = "/v1/models/digits:predict"
 V2 = "/v2/models/digits/infer"
+HEAD = re.compile(r"head_[0-9]+")  # a per-head output (head_disagreement is not one)
 
 
 class Spy:
@@ -35,7 +37,7 @@ class Spy:
         monkeypatch.setattr(ort.InferenceSession, "run", run)
 
     def heads_fetched(self) -> list[bool]:
-        return [any(n.startswith("head_") for n in names) for names, _ in self.calls]
+        return [any(HEAD.fullmatch(n) for n in names) for names, _ in self.calls]
 
 
 def test_infer_asks_for_the_head_outputs_only_when_told(
@@ -46,9 +48,9 @@ def test_infer_asks_for_the_head_outputs_only_when_told(
     spy = Spy(monkeypatch)
     x = digits["test_x"][:5]
     plain, full = model.infer(x), model.infer(x, heads=True)
-    assert spy.calls[0][0] == [n for n in model.meta.output_names if not n.startswith("head_")]
+    assert spy.calls[0][0] == [n for n in model.meta.output_names if not HEAD.fullmatch(n)]
     assert spy.calls[1][0] == model.meta.output_names
-    assert not any(k.startswith("head_") for k in plain)
+    assert not any(HEAD.fullmatch(k) for k in plain)
     assert {f"head_{m}" for m in range(model.meta.num_heads)} <= set(full)
     for name, value in plain.items():  # the other outputs do not depend on what was fetched
         np.testing.assert_array_equal(value, full[name])
@@ -72,8 +74,9 @@ def test_requests_fetch_the_head_outputs_only_when_they_ask_for_them(
         some = client.post(V2, json={"inputs": [tensor], "outputs": [{"name": "mean_probs"}]})
         one_head = client.post(V2, json={"inputs": [tensor], "outputs": [{"name": "head_1"}]})
         every = client.post(V2, json={"inputs": [tensor]})
-    assert [r.status_code for r in (plain, heads, some, one_head, every)] == [200] * 5
-    assert spy.heads_fetched() == [False, True, False, True, True]
+        spread = client.post(V2, json={"inputs": [tensor], "outputs": [{"name": "head_disagreement"}]})
+    assert [r.status_code for r in (plain, heads, some, one_head, every, spread)] == [200] * 6
+    assert spy.heads_fetched() == [False, True, False, True, True, False]
     assert "head_probabilities" not in plain.json()["predictions"][0]
     assert len(heads.json()["predictions"][0]["head_probabilities"]) == 5
     np.testing.assert_allclose(one_head.json()["outputs"][0]["data"], ref["head_1"].ravel(), rtol=1e-6)

@@ -134,7 +134,9 @@ def test_requests_that_arrive_together_still_share_one_call() -> None:
         return [a.outputs["sum"] for a in answers]
 
     sums = asyncio.run(main())
-    assert model.calls[LEARN_CALLS:] == [(8, MAIN, False)]  # one inline call of 8 rows
+    # One call of 8 rows (the first request led the gathering; the call runs inline or, if
+    # 8 rows are estimated above the bound, in the thread).
+    assert [n for n, _, _ in model.calls[LEARN_CALLS:]] == [8]
     for i, s in enumerate(sums):
         np.testing.assert_array_equal(s, [40.0 * i])
     size, answered, _ = observed.batches[-1]
