@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 import contract_models as cm
 from app.serving.batching import LEARN_CALLS
 from app.serving.sessions import load_model
+from contract.ood import OodCalibration
 from servekit import CPU, make_settings, reference_outputs, serve
 
 V1 = "/v1/models/digits:predict"
@@ -54,10 +56,14 @@ def test_infer_asks_for_the_head_outputs_only_when_told(
     assert {f"head_{m}" for m in range(model.meta.num_heads)} <= set(full)
     for name, value in plain.items():  # the other outputs do not depend on what was fetched
         np.testing.assert_array_equal(value, full[name])
-    # The p-values from the array built once per model are the contract's.
-    assert model.meta.ood is not None
+    # The p-values from the array built once per model are the contract's, also when only
+    # order statistics of a large calibration set are stored.
     scores = np.concatenate([full["model_uncertainty"], np.linspace(-1.0, 5.0, 200, dtype=np.float32)])
-    np.testing.assert_array_equal(model.p_values(scores), model.meta.ood.p_values(scores))
+    large = OodCalibration.from_scores(np.random.default_rng(0).gamma(2.0, 0.5, size=5000))
+    assert len(large.sorted_scores) < large.n_calibration
+    for calibrated in (model, replace(model, meta=replace(model.meta, ood=large))):
+        assert calibrated.meta.ood is not None
+        np.testing.assert_array_equal(calibrated.p_values(scores), calibrated.meta.ood.p_values(scores))
 
 
 def test_requests_fetch_the_head_outputs_only_when_they_ask_for_them(
