@@ -146,7 +146,7 @@ class Batcher:
         queue_size: int,
         label: str,
         observer: BatchObserver | None = None,
-        inline_max_s: float = INLINE_MAX_S,
+        inline_max_s: float | None = None,  # INLINE_MAX_S unless given
     ) -> None:
         self._infer = infer
         self._max_batch = max_batch_size
@@ -163,7 +163,7 @@ class Batcher:
         self._pending_rows = 0  # instances waiting, kept up to date instead of summed per step
         self._busy = False  # a batch is being gathered or run (by the worker or a lone request)
         # Running estimates of one call: its duration and its rows (see ``inline_estimate``).
-        self._inline_max = inline_max_s
+        self._inline_max = INLINE_MAX_S if inline_max_s is None else inline_max_s
         self._calls = 0
         self._call_s = 0.0
         self._call_rows = 0.0
