@@ -54,6 +54,9 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         summary="One multi-headed network that keeps an ensemble's uncertainty",
         version=SERVER_VERSION,
         lifespan=_lifespan(settings, repository),
+        # FastAPI's OpenTelemetry hooks look the global providers up on every request; the
+        # service exports its own metrics and access log instead.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.repository = repository

@@ -82,9 +82,12 @@ class InferenceService:
 
     # -- inference ---------------------------------------------------------------------------
 
-    async def infer(self, served: ServedModel, batch: npt.NDArray[np.float32]) -> InferenceResult:
+    async def infer(
+        self, served: ServedModel, batch: npt.NDArray[np.float32], heads: bool = False
+    ) -> InferenceResult:
         """Run ``batch`` [n, *feature_shape] on ``served`` through its batcher, within
-        ``request_timeout_s``. Raises Overloaded (503), ModelNotReady (503, shutting down),
+        ``request_timeout_s``; the per-head outputs ``head_m`` are in the answer only when
+        ``heads`` asks for them. Raises Overloaded (503), ModelNotReady (503, shutting down),
         InferenceTimeout (504), NonFiniteOutput (422) or InferenceFailed (500)."""
-        answer = await served.batcher.submit(batch, self.settings.request_timeout_s)
+        answer = await served.batcher.submit(batch, self.settings.request_timeout_s, heads)
         return InferenceResult(answer.outputs, len(batch), answer.batch_size, answer.queue_wait_s)

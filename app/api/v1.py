@@ -33,7 +33,7 @@ async def predict(request: Request) -> OrjsonResponse:
         request, len(raw), lambda: v1_codec.decode_predict(raw, model.meta, service.settings)
     )
     note_request(request, name, model.version, len(decoded.batch))
-    result = await service.infer(served, decoded.batch)
+    result = await service.infer(served, decoded.batch, decoded.return_heads)
     note_batch(request, result.batch_size)
     return OrjsonResponse(
         v1_codec.predict_body(name, model.version, model.meta, result.outputs, decoded.return_heads)

@@ -92,7 +92,7 @@ def predictions(meta: ModelMetadata, out: OutputArrays, return_heads: bool) -> l
     is_ood = out["is_ood"].tolist()
     score = out[calibration.score].tolist() if calibration else out["model_uncertainty"].tolist()
     p_value = out["ood_p_value"].tolist() if calibration else None
-    heads = [out[f"head_{m}"] for m in range(meta.num_heads)]
+    heads = [out[f"head_{m}"] for m in range(meta.num_heads)] if return_heads else []
     # The task decides the leading fields, the optional per-head field and the disagreement rate;
     # everything after is the same for both tasks.
     rate: list[float] | None = None

@@ -94,7 +94,7 @@ async def _infer(name: str, version: str | None, request: Request) -> Response:
         request, len(raw), lambda: v2_codec.decode_infer(raw, header_length, served, service.settings)
     )
     note_request(request, name, model.version, len(decoded.batch))
-    result = await service.infer(served, decoded.batch)
+    result = await service.infer(served, decoded.batch, decoded.heads)
     note_batch(request, result.batch_size)
     return v2_codec.infer_response(name, model.version, decoded, result.outputs)
 

@@ -24,7 +24,7 @@ from app.errors import InvalidInput
 from app.serving.repository import ServedModel
 from app.serving.sessions import OutputArrays
 from app.settings import Settings
-from contract.model import expected_output_shapes
+from contract.model import expected_output_shapes, head_names
 
 DATATYPES = {"f": "FP32", "i": "INT64", "b": "BOOL"}
 WIRE_DTYPES = {"FP32": "<f4", "INT64": "<i8", "BOOL": "?"}
@@ -33,7 +33,18 @@ EXPECTED = "an object with 'inputs': [{name, shape, datatype, data}]"
 
 
 def output_specs(served: ServedModel) -> dict[str, tuple[str, list[int]]]:
-    """Every output the V2 endpoint can return: name -> (datatype, shape with -1 for batch)."""
+    """Every output the V2 endpoint can return: name -> (datatype, shape with -1 for batch).
+    Computed once per model (the answer is shared: never mutate it)."""
+    memo = served.model.memo
+    specs = memo.get("v2_output_specs")
+    if specs is None:
+        specs = memo["v2_output_specs"] = _output_specs(served)
+        memo["v2_row_values"] = {n: math.prod(shape[1:]) for n, (_, shape) in specs.items()}
+        memo["v2_head_outputs"] = frozenset(head_names(served.model.meta.num_heads))
+    return specs
+
+
+def _output_specs(served: ServedModel) -> dict[str, tuple[str, list[int]]]:
     meta = served.model.meta
     specs: dict[str, tuple[str, list[int]]] = {}
     for name, shape in expected_output_shapes(meta).items():
@@ -113,6 +124,7 @@ class InferRequest:
     id: str | None
     batch: FloatBatch  # [B, *feature_shape]
     wanted: list[tuple[str, bool]]  # (output name, as binary data), in the order asked
+    heads: bool = False  # some per-head output ``head_m`` is asked for
 
 
 def decode_infer(
@@ -138,9 +150,12 @@ def decode_infer(
     )
     specs = output_specs(served)
     wanted = _wanted_outputs(req, specs)
-    per_row = sum(math.prod(specs[n][1][1:]) for n, _ in wanted)
+    row_values = model.memo["v2_row_values"]
+    per_row = sum(row_values[n] for n, _ in wanted)
     check_response_size(len(batch), per_row, settings.max_response_values)
-    return InferRequest(req.id, batch, wanted)
+    head_outputs = model.memo["v2_head_outputs"]
+    heads = any(n in head_outputs for n, _ in wanted)
+    return InferRequest(req.id, batch, wanted, heads)
 
 
 def infer_response(name: str, version: int, req: InferRequest, outputs: OutputArrays) -> Response:

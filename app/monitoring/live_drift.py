@@ -6,6 +6,7 @@ contract/drift.py; the gauges that publish them are app/monitoring/live_gauges.p
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,7 +82,9 @@ class DriftMonitor:
         """Add one batch's uncertainties [B]."""
         for component, window in self._windows.items():
             scores = np.asarray(outputs[f"{component}_uncertainty"], dtype=np.float64).ravel()
-            window.extend(scores[np.isfinite(scores)])
+            if not math.isfinite(scores.sum()):  # one reduction on the common path
+                scores = scores[np.isfinite(scores)]
+            window.extend(scores)
 
     def reset(self) -> None:
         """Forget the window (the version stopped being its model's default)."""

@@ -21,9 +21,10 @@ histograms write their values to the shared directory like every other metric, a
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -156,6 +157,9 @@ class ServiceMetrics:
             ["model"], registry=r,
         )
         self._uncertainty = _UncertaintyCollector()
+        # Per (model, version): the series one batch updates, looked up once (a label lookup
+        # takes a lock and hashes the labels); dropped when the version is (re)loaded or unloaded.
+        self._children: dict[tuple[str, str], tuple[Any, Any, list[tuple[str, Any]]]] = {}
         self._live: LiveCollector | None = None
         if not multiprocess_enabled():
             r.register(self._uncertainty)
@@ -170,6 +174,7 @@ class ServiceMetrics:
 
     def model_loaded(self, model: ModelVersion) -> None:
         key = (model.name, str(model.version))
+        self._children.pop(key, None)
         for component in UNCERTAINTY_COMPONENTS:
             name = uncertainty_metric(model.meta.task, component)
             self._uncertainty.histograms[name][key] = Histogram(
@@ -179,6 +184,7 @@ class ServiceMetrics:
 
     def model_unloaded(self, model: ModelVersion) -> None:
         key = (model.name, str(model.version))
+        self._children.pop(key, None)
         for by_version in self._uncertainty.histograms.values():
             by_version.pop(key, None)
 
@@ -186,26 +192,34 @@ class ServiceMetrics:
         """Count and histogram one batch of outputs [B]. Non-finite values are never observed
         (one would poison a histogram's sum for good); they are logged."""
         key = (model.name, str(model.version))
+        children = self._children.get(key)
+        if children is None:
+            histograms = []
+            for component in UNCERTAINTY_COMPONENTS:
+                name = uncertainty_metric(model.meta.task, component)
+                histogram = self._uncertainty.histograms[name].get(key)
+                if histogram is not None:
+                    histograms.append((component, histogram.labels(*key)))
+            # The OOD series exists from the first prediction on, even at zero.
+            children = (self.predictions.labels(*key), self.ood_predictions.labels(*key), histograms)
+            self._children[key] = children
+        predicted, ood, histograms = children
         n = int(outputs["total_uncertainty"].shape[0])
-        self.predictions.labels(*key).inc(n)
+        predicted.inc(n)
         flagged = int(np.count_nonzero(outputs["is_ood"]))
         if flagged:
-            self.ood_predictions.labels(*key).inc(flagged)
-        else:
-            self.ood_predictions.labels(*key)  # the series exists from the first prediction on
-        for component in UNCERTAINTY_COMPONENTS:
-            name = uncertainty_metric(model.meta.task, component)
-            histogram = self._uncertainty.histograms[name].get(key)
-            if histogram is None:
-                continue
+            ood.inc(flagged)
+        for component, child in histograms:
             values = np.asarray(outputs[f"{component}_uncertainty"], dtype=np.float64)
-            finite = np.isfinite(values)
-            if not finite.all():
+            if math.isfinite(values.sum()):  # one reduction on the common path
+                finite = None
+            else:
+                finite = np.isfinite(values)
+            if finite is not None and not finite.all():
                 logger.warning(
                     "%d non-finite %s uncertainties from %s/%s not recorded in metrics",
                     int((~finite).sum()), component, model.name, model.version,
                 )
                 values = values[finite]
-            child = histogram.labels(*key)
             for value in values.tolist():
                 child.observe(value)

@@ -19,12 +19,26 @@ answered: finite, of requests still waiting for them.
 Each answer carries the facts of the call that produced it (``BatchAnswer``: the instances in
 that call, the time the request waited in the queue); what a caller does with them (the
 access log) is its own business.
+
+The lone-request path: a request that finds the batcher idle (nothing queued, no call
+running) gathers its own batch in its own coroutine, by the same rule as the worker, and,
+when the model's measured call time for that many rows is tiny (``INLINE_MAX_S``), runs the
+call right there on the event loop: no wake-up of the worker task and no thread hop, which
+at low load cost several times a small model's call. Everything else is as on the worker:
+deadlines, containment, the non-finite refusal, the observer. A model is never run inline
+before ``LEARN_CALLS`` calls in the thread have measured it, nor when its estimate is above
+the bound, so a slow model (milliseconds per call) always runs in the thread and never
+blocks the event loop; a model that becomes slow moves back to the thread after one call.
+
+Requests say whether they need the per-head outputs (``heads``); a call fetches them only
+when one of its requests does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -39,7 +53,18 @@ from app.serving.sessions import OutputArrays
 
 logger = logging.getLogger("app.batching")  # the name log lines carry (their "logger" field)
 
-InferFn = Callable[[npt.NDArray[np.float32]], OutputArrays]
+# (batch [B, *feature_shape], whether the per-head outputs are needed) -> the outputs.
+InferFn = Callable[[npt.NDArray[np.float32], bool], OutputArrays]
+
+# The lone-request path runs a call on the event loop only when its estimated duration
+# (wall clock, measured in the service: the ONNX Runtime call and the derived outputs) is
+# below this: less than the CPU one request's HTTP handling takes, so a connection that
+# arrives meanwhile waits no longer than behind another request. A small model's call takes
+# 60-100 µs on an idle core and 2-4 times that on a busy shared one; a model of milliseconds
+# always runs in the thread.
+INLINE_MAX_S = 500e-6
+LEARN_CALLS = 3  # calls measured (in the thread) before any runs inline
+_EWMA = 0.2  # weight of the newest call in the running estimates
 
 
 @dataclass(frozen=True)
@@ -70,6 +95,7 @@ class _Pending:
     deadline: float  # perf_counter() time after which it is not run
     timeout_s: float
     enqueued: float = field(default_factory=time.perf_counter)
+    heads: bool = False  # needs the per-head outputs
 
     @property
     def size(self) -> int:
@@ -86,6 +112,11 @@ def _expire(future: asyncio.Future[BatchAnswer], label: str, timeout_s: float) -
 def _finite_rows(outputs: OutputArrays, n: int) -> npt.NDArray[np.bool_] | None:
     """Per row: every float output value finite. None when all rows are (the common case,
     one reduction per output)."""
+    floats = [v.ravel() for v in outputs.values() if v.dtype.kind == "f"]
+    # One float64 sum over every value first: finite exactly when all are (float32 values
+    # cannot overflow it; a float64 sum that does only sends it down the exact path below).
+    if not floats or math.isfinite(np.concatenate(floats).sum(dtype=np.float64)):
+        return None
     ok: npt.NDArray[np.bool_] | None = None
     for value in outputs.values():
         if value.dtype.kind != "f" or np.isfinite(value).all():
@@ -115,6 +146,7 @@ class Batcher:
         queue_size: int,
         label: str,
         observer: BatchObserver | None = None,
+        inline_max_s: float | None = None,  # INLINE_MAX_S unless given
     ) -> None:
         self._infer = infer
         self._max_batch = max_batch_size
@@ -129,6 +161,12 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._arrivals = 0
         self._pending_rows = 0  # instances waiting, kept up to date instead of summed per step
+        self._busy = False  # a batch is being gathered or run (by the worker or a lone request)
+        # Running estimates of one call: its duration and its rows (see ``inline_estimate``).
+        self._inline_max = INLINE_MAX_S if inline_max_s is None else inline_max_s
+        self._calls = 0
+        self._call_s = 0.0
+        self._call_rows = 0.0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self._label}")
@@ -137,9 +175,38 @@ class Batcher:
     def depth(self) -> int:
         return len(self._pending)
 
-    async def submit(self, batch: npt.NDArray[np.float32], timeout_s: float) -> BatchAnswer:
+    def inline_estimate(self, rows: int) -> float | None:
+        """Estimated seconds of a call of ``rows`` instances: the running mean duration,
+        scaled up (never down) by rows over the running mean rows per call. None before
+        ``LEARN_CALLS`` calls were measured."""
+        if self._calls < LEARN_CALLS:
+            return None
+        return self._call_s * max(1.0, rows / self._call_rows)
+
+    def _may_inline(self, rows: int) -> bool:
+        estimate = self.inline_estimate(rows)
+        return estimate is not None and estimate < self._inline_max
+
+    def _call(self, inputs: npt.NDArray[np.float32], heads: bool) -> OutputArrays:
+        """One ONNX Runtime call (thread or event loop), measured for the estimates."""
+        started = time.perf_counter()
+        outputs = self._infer(inputs, heads)
+        took = time.perf_counter() - started
+        rows = float(len(inputs))
+        if self._calls == 0:
+            self._call_s, self._call_rows = took, rows
+        else:
+            self._call_s += _EWMA * (took - self._call_s)
+            self._call_rows += _EWMA * (rows - self._call_rows)
+        self._calls += 1
+        return outputs
+
+    async def submit(
+        self, batch: npt.NDArray[np.float32], timeout_s: float, heads: bool = False
+    ) -> BatchAnswer:
         """This request's rows [n, ...] of the outputs, with the facts of the call that served
-        it; raises Overloaded / InferenceTimeout / NonFiniteOutput / InferenceFailed."""
+        it; raises Overloaded / InferenceTimeout / NonFiniteOutput / InferenceFailed.
+        ``heads``: the per-head outputs are needed too."""
         if self._closing:
             raise ModelNotReady(f"model {self._label} is shutting down; retry on another replica")
         if len(self._pending) >= self._queue_size:
@@ -149,30 +216,44 @@ class Batcher:
             )
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
-        item = _Pending(batch, loop.create_future(), now + timeout_s, timeout_s, now)
+        item = _Pending(batch, loop.create_future(), now + timeout_s, timeout_s, now, heads)
+        lone = not self._busy and not self._pending and self._may_inline(item.size)
         self._pending.append(item)
         self._pending_rows += item.size
         self._arrivals += 1
         self._observer.queue_depth(len(self._pending))
-        self._wake.set()
         # One timer per request (cheaper than a timeout context around a shielded future): on
         # expiry the request fails with a clear message and, if still queued, is skipped.
         timer = loop.call_later(timeout_s, _expire, item.future, self._label, timeout_s)
         try:
+            if lone:
+                await self._lead()
+            elif not self._busy:  # a busy worker or lone request looks at the queue when done
+                self._wake.set()
             return await item.future
         finally:
             timer.cancel()
             if not item.future.done():  # the client went away: skip it if still queued
                 item.future.cancel()
 
-    async def _gather(self) -> list[_Pending]:
-        """Wait for work, then gather until a full batch, a quiet loop iteration, or the
-        oldest request's deadline, whichever comes first."""
-        while not self._pending:
-            if self._closing:
-                return []
-            self._wake.clear()
-            await self._wake.wait()
+    async def _lead(self) -> None:
+        """The lone-request path: gather like the worker, then run the batch inline when its
+        estimate allows, else leave it to the worker."""
+        self._busy = True
+        try:
+            await self._gather_more()
+            if self._may_inline(min(self._pending_rows, self._max_batch)):
+                batch = self._take()
+                if batch:
+                    await self._execute(batch, inline=True)
+        finally:
+            self._busy = False
+            if self._pending or self._closing:
+                self._wake.set()  # what is left (or the shutdown) is the worker's
+
+    async def _gather_more(self) -> None:
+        """Gather until a full batch, a quiet loop iteration, or the oldest request's
+        deadline, whichever comes first."""
         deadline = self._pending[0].enqueued + self._max_delay
         while not self._closing and self._pending_rows < self._max_batch:
             if time.perf_counter() >= deadline:
@@ -181,6 +262,10 @@ class Batcher:
             await asyncio.sleep(0)  # one event-loop iteration: I/O and other handlers run
             if self._arrivals == before:
                 break  # a quiet iteration: nobody else is about to join this batch
+
+    def _take(self) -> list[_Pending]:
+        """The next batch off the queue: up to ``max_batch_size`` instances, skipping requests
+        that timed out or went away."""
         batch: list[_Pending] = []
         size = 0
         now = time.perf_counter()
@@ -203,20 +288,32 @@ class Batcher:
 
     async def _run(self) -> None:
         while True:
-            batch = await self._gather()
-            if not batch:
-                if self._closing and not self._pending:
+            while self._busy or not self._pending:
+                if self._closing and not self._pending and not self._busy:
                     return
-                continue
-            await self._execute(batch)
+                self._wake.clear()
+                await self._wake.wait()
+            self._busy = True
+            try:
+                await self._gather_more()
+                batch = self._take()
+                if batch:
+                    await self._execute(batch)
+            finally:
+                self._busy = False
 
-    async def _execute(self, batch: list[_Pending]) -> None:
-        """One ONNX Runtime call for ``batch``; if it fails, one call per request."""
-        loop = asyncio.get_running_loop()
+    async def _execute(self, batch: list[_Pending], inline: bool = False) -> None:
+        """One ONNX Runtime call for ``batch`` (on the event loop when ``inline``, else in
+        the thread); if it fails, one call per request."""
         started = time.perf_counter()
         inputs = batch[0].batch if len(batch) == 1 else np.concatenate([p.batch for p in batch])
+        heads = any(p.heads for p in batch)
         try:
-            outputs = await loop.run_in_executor(self._executor, self._infer, inputs)
+            if inline:
+                outputs = self._call(inputs, heads)
+            else:
+                loop = asyncio.get_running_loop()
+                outputs = await loop.run_in_executor(self._executor, self._call, inputs, heads)
         except Exception as exc:  # a failing ORT call must fail only its request, never the worker
             if len(batch) > 1:
                 logger.warning(
@@ -226,7 +323,7 @@ class Batcher:
                 for p in batch:
                     now = time.perf_counter()
                     if not p.future.done() and now < p.deadline:
-                        await self._execute([p])
+                        await self._execute([p], inline and self._may_inline(p.size))
                     else:
                         _expire(p.future, self._label, p.timeout_s)
                 return
@@ -242,7 +339,6 @@ class Batcher:
                 ))
             return
         self._deliver(batch, outputs, len(inputs), time.perf_counter() - started, started)
-
     def _deliver(
         self, batch: list[_Pending], outputs: OutputArrays, size: int, duration: float, started: float
     ) -> None:

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
 from contract.onnxrt import session_options
-from contract.model import INPUT_NAME, ContractError, ModelMetadata, expected_output_shapes
+from contract.model import INPUT_NAME, ContractError, ModelMetadata, expected_output_shapes, head_names
 
 logger = logging.getLogger("app.runtime")  # the name log lines carry (their "logger" field)
 
@@ -42,15 +44,46 @@ class LoadedModel:
     # On an accelerator: the largest |difference| from the CPU provider on a probe batch, per
     # output (None on the CPU provider itself).
     parity: dict[str, float] | None = None
+    # What the protocol codecs derive from the metadata once per model, not per request
+    # (by their own keys; never mutated after it is stored).
+    memo: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @property
     def input_shape(self) -> list[int]:
         """[-1, *feature_shape]: -1 is the dynamic batch, as the V2 metadata writes it."""
         return [-1, *self.meta.feature_shape]
 
-    def infer(self, batch: npt.NDArray[np.float32]) -> OutputArrays:
-        """Run the graph on [B, *feature_shape] float32; add the service's extra outputs."""
-        names = self.meta.output_names
+    @cached_property
+    def _fetched(self) -> tuple[list[str], list[str]]:
+        """The graph outputs fetched without and with the per-head ones."""
+        every = self.meta.output_names
+        heads = set(head_names(self.meta.num_heads))
+        return [n for n in every if n not in heads], every
+
+    def output_names(self, heads: bool) -> list[str]:
+        """The graph outputs a call fetches: the per-head ``head_m`` only when ``heads``."""
+        return self._fetched[1] if heads else self._fetched[0]
+
+    @cached_property
+    def _calibration_scores(self) -> npt.NDArray[np.float64]:
+        assert self.meta.ood is not None
+        return np.asarray(self.meta.ood.sorted_scores, dtype=np.float64)
+
+    def p_values(self, scores: npt.NDArray[np.generic]) -> npt.NDArray[np.float64]:
+        """The conformal p-value of each score, as ``OodCalibration.p_values`` computes it,
+        with the calibration scores turned into an array once per model, not per call."""
+        calibration = self.meta.ood
+        assert calibration is not None
+        stored = self._calibration_scores
+        at_least = stored.size - np.searchsorted(stored, np.asarray(scores, dtype=np.float64), side="left")
+        at_least = at_least * (calibration.n_calibration / stored.size)
+        return (1.0 + at_least) / (1.0 + calibration.n_calibration)
+
+    def infer(self, batch: npt.NDArray[np.float32], heads: bool = False) -> OutputArrays:
+        """Run the graph on [B, *feature_shape] float32; add the service's extra outputs.
+        ``heads``: fetch the per-head outputs too (else ONNX Runtime is asked only for the
+        others)."""
+        names = self.output_names(heads)
         values = self.session.run(names, {INPUT_NAME: batch})
         out: OutputArrays = dict(zip(names, values))
         if self.meta.task == "classification":
@@ -59,7 +92,7 @@ class LoadedModel:
         if calibration is not None:
             score = out[calibration.score]
             out["is_ood"] = calibration.is_ood(score)
-            out["ood_p_value"] = calibration.p_values(score)
+            out["ood_p_value"] = self.p_values(score)
         else:
             out["is_ood"] = np.zeros(batch.shape[0], dtype=bool)
         return out
@@ -175,7 +208,7 @@ def warm_up(model: LoadedModel) -> None:
     """One inference on a small batch: shapes as the contract says and every value finite."""
     x = np.zeros((WARMUP_BATCH, *model.meta.feature_shape), dtype=np.float32)
     try:
-        out = model.infer(x)
+        out = model.infer(x, heads=True)
     except Exception as exc:  # ORT failures at run time come as its own exception types
         raise ContractError(f"warm-up inference failed: {exc}") from exc
     for name, shape in expected_output_shapes(model.meta).items():

@@ -31,9 +31,9 @@ def slow_inference(monkeypatch: pytest.MonkeyPatch) -> float:
     delay = 0.4
     real = app.serving.sessions.LoadedModel.infer
 
-    def slow(self, batch):  # type: ignore[no-untyped-def]
+    def slow(self, batch, heads=False):  # type: ignore[no-untyped-def]
         time.sleep(delay)
-        return real(self, batch)
+        return real(self, batch, heads)
 
     monkeypatch.setattr(app.serving.sessions.LoadedModel, "infer", slow)
     return delay

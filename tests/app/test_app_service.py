@@ -43,7 +43,7 @@ def test_api_key_check(tmp_path: Path) -> None:
     assert keyed.has_access(KEY) and not keyed.has_access(None) and not keyed.has_access("x" * 20)
 
 
-def row_sums(batch: np.ndarray) -> dict[str, np.ndarray]:
+def row_sums(batch: np.ndarray, heads: bool = False) -> dict[str, np.ndarray]:
     return {"sum": batch.reshape(len(batch), -1).sum(axis=1)}
 
 
@@ -71,7 +71,7 @@ def test_infer_answers_outputs_and_batch_facts(tmp_path: Path) -> None:
 def test_infer_is_bounded_by_the_request_timeout(tmp_path: Path) -> None:
     svc = service(tmp_path, request_timeout_s=0.05)
 
-    def slow(batch: np.ndarray) -> dict[str, np.ndarray]:
+    def slow(batch: np.ndarray, heads: bool = False) -> dict[str, np.ndarray]:
         time.sleep(0.3)
         return row_sums(batch)
 

@@ -21,7 +21,7 @@ class Recorder:
         self.threads: set[str] = set()
         self.delay_s = delay_s
 
-    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+    def __call__(self, batch: np.ndarray, heads: bool = False) -> dict[str, np.ndarray]:
         self.calls.append(len(batch))
         self.threads.add(threading.current_thread().name)
         if self.delay_s:
@@ -145,7 +145,7 @@ def test_close_drains_queue_and_refuses_new_work() -> None:
 def test_failing_inference_fails_requests_not_worker() -> None:
     calls = {"n": 0}
 
-    def flaky(batch: np.ndarray) -> dict[str, np.ndarray]:
+    def flaky(batch: np.ndarray, heads: bool = False) -> dict[str, np.ndarray]:
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("boom")
@@ -178,7 +178,7 @@ class Observed(BatchObserver):
         return [float(v) for _, _, out in self.batches for v in out["sum"]]
 
 
-def nan_rows(batch: np.ndarray) -> dict[str, np.ndarray]:
+def nan_rows(batch: np.ndarray, heads: bool = False) -> dict[str, np.ndarray]:
     """Row sums, NaN for any row holding a negative value (and a second [B, 2] output)."""
     flat = batch.reshape(len(batch), -1)
     s = flat.sum(axis=1)
@@ -221,7 +221,7 @@ def test_a_failing_batch_is_retried_per_request() -> None:
     calls: list[int] = []
     observed = Observed()
 
-    def fails_on_negative(batch: np.ndarray) -> dict[str, np.ndarray]:
+    def fails_on_negative(batch: np.ndarray, heads: bool = False) -> dict[str, np.ndarray]:
         calls.append(len(batch))
         if (batch < 0).any():
             raise RuntimeError("kernel refused a value")

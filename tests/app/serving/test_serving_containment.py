@@ -30,12 +30,12 @@ def test_one_failing_request_does_not_fail_its_batch(
     real = app.serving.sessions.LoadedModel.infer
     first = threading.Event()
 
-    def recorded(self: app.serving.sessions.LoadedModel, batch: np.ndarray) -> dict:
+    def recorded(self: app.serving.sessions.LoadedModel, batch: np.ndarray, heads: bool = False) -> dict:
         calls.append(len(batch))
         if batch[0, 0] == 7.0 and not first.is_set():  # the blocker: everything else queues behind it
             first.set()
             time.sleep(1.0)
-        return real(self, batch)
+        return real(self, batch, heads)
 
     x = digits["test_x"][:12]
     ref = reference_outputs(failing_classifier.data, x)
