@@ -56,7 +56,7 @@ def test_cnn_body_and_regression_shapes() -> None:
 
 
 def test_unknown_body_is_named() -> None:
-    with pytest.raises(ConfigError, match=r"unknown model.body 'vit'; registered: \['cnn', 'mlp', 'resnet'\]"):
+    with pytest.raises(ConfigError, match=r"unknown model.body 'vit'; registered: \['cnn', 'mlp', 'resnet', 'resnet18', 'resnet34'\]"):
         HydraNet(ModelConfig(body="vit"), SPEC, 1)
 
 

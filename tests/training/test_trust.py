@@ -185,7 +185,7 @@ def test_data_errors_exit_2_without_traceback(tmp_path: Path, capsys: pytest.Cap
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (['model.body="vit"'], r"unknown model.body 'vit'; registered: \['cnn', 'mlp', 'resnet'\]"),
+    (['model.body="vit"'], r"unknown model.body 'vit'; registered: \['cnn', 'mlp', 'resnet', 'resnet18', 'resnet34'\]"),
     (['model.body="cnn"', "model.image_shape=[1, 4, 4]"], r"model.image_shape \[1, 4, 4\] holds 16 values, the data has 64"),
     (['name="no/slash"'], r"model name \(the config's name\) must match"),
 ])
