@@ -80,11 +80,14 @@ class EnsembleConfig:
     # Optional .npz with the members' predictions on the transfer set (logits [N, M, C], or
     # for regression mean and var [N, M, D]) plus X; replaces training members.
     predictions: str = ""
-    # Or the members themselves as ONNX files (one per member; see training.onnx_members):
-    # teacher outputs are then computed on the whole transfer set.
+    # Or the members themselves as files, one per member (see training.members): .onnx,
+    # .pt2 (torch.export) or .pt/.pth (a state dict of member_model); teacher outputs are
+    # then computed on the whole transfer set.
     models: tuple[str, ...] = ()
-    # What a member ONNX file's classification output holds: logits | probabilities.
+    # What a member file's classification output holds: logits | probabilities.
     member_output: str = "logits"
+    # The architecture of .pt/.pth state-dict members (registered body and head, one head).
+    member_model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 

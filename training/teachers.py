@@ -1,4 +1,4 @@
-"""Stage 1 as the pipeline sees it: the teachers (members trained here, member ONNX files, or a
+"""Stage 1 as the pipeline sees it: the teachers (members trained here, member files, or a
 user's member predictions) and the transfer set they label.
 """
 
@@ -20,7 +20,7 @@ from training.device import Runtime
 from training.ensemble import MemberPredictions, load_member_predictions, train_ensemble
 from training.fit import predict
 from training.networks import Ensemble
-from training.onnx_members import OnnxEnsemble, load_onnx_members
+from training.members import FileEnsemble, load_member_files
 from training.transfer import TransferSet, build_transfer_inputs, row_keys
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 class Teachers:
     """The ensemble (None when a user gave only its predictions) and the transfer set it labels."""
 
-    ensemble: Ensemble | OnnxEnsemble | None
+    ensemble: Ensemble | FileEnsemble | None
     transfer: TransferSet
 
 
@@ -40,10 +40,12 @@ def teachers(data: Dataset, model: ModelConfig, ensemble: EnsembleConfig, distil
     if ensemble.predictions:
         given = load_member_predictions(Path(ensemble.predictions), data, ensemble.members)
         return Teachers(None, external_transfer_set(given, data, ensemble.predictions, distill))
-    members: Ensemble | OnnxEnsemble
+    members: Ensemble | FileEnsemble
     if ensemble.models:
-        members = load_onnx_members(ensemble.models, data, ensemble.members, ensemble.member_output)
-        source = "member ONNX files"
+        members = load_member_files(ensemble.models, data, ensemble.members, ensemble.member_output,
+                                    ensemble.member_model, rt.device)
+        formats = {f.format for f in members.files}
+        source = "member ONNX files" if formats == {"onnx"} else "member files"
         members_key = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in ensemble.models]
     else:
         members = train_ensemble(data, model, ensemble, rt, checkpoints)
@@ -56,10 +58,13 @@ def teachers(data: Dataset, model: ModelConfig, ensemble: EnsembleConfig, distil
         "source": source, "rows": int(len(X)),
         "training_rows": int(original.sum()), "added_rows": int((~original).sum()),
         "uniform_rows": int(round(distill.transfer.uniform_fraction * len(data.train)))}
-    if isinstance(members, OnnxEnsemble) and distill.transfer.perturb_steps > 0:
-        summary["ignored_settings"] = ["distill.transfer.perturb_steps (no gradients through ONNX Runtime)"]
-        log.warning("member ONNX files: distill.transfer.perturb_steps cannot apply (no gradients "
-                    "through ONNX Runtime): ignored")
+    if isinstance(members, FileEnsemble):
+        summary["member_files"] = [{"file": f.path.name, "format": f.format, "parameters": f.parameters}
+                                   for f in members.files]
+        if distill.transfer.perturb_steps > 0 and not members.differentiable:
+            summary["ignored_settings"] = ["distill.transfer.perturb_steps (no gradients through ONNX Runtime)"]
+            log.warning("member ONNX files: distill.transfer.perturb_steps cannot apply (no gradients "
+                        "through ONNX Runtime): ignored")
     key = config_key(ensemble, distill.transfer, data.digest(), *members_key)
     return Teachers(members, TransferSet(X, outputs, y, original, key, summary))
 

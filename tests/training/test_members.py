@@ -1,5 +1,5 @@
-"""An ensemble trained elsewhere, given as ONNX files: teacher outputs computed on the whole
-transfer set, the ensemble evaluated beside the students, bad files refused with a message."""
+"""An ensemble trained elsewhere, given as member files (ONNX, torch.export, state dicts): teacher
+outputs computed on the whole transfer set, the ensemble evaluated beside the students, bad files refused with a message."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from training.config import RunConfig
 from training.data import DataError, load_dataset
-from training.onnx_members import load_onnx_members
+from training.members import load_member_files as load_onnx_members
 from training.checkpoints import Checkpoints
 from training.device import Runtime
 from training.pipeline import run_pipeline
