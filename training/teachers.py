@@ -21,6 +21,8 @@ from training.ensemble import MemberPredictions, load_member_predictions, train_
 from training.fit import predict
 from training.networks import Ensemble
 from training.members import FileEnsemble, load_member_files
+from training.scaling import feature_stats
+from training.stream import TransferInputs, TransferStream
 from training.transfer import TransferSet, build_transfer_inputs, row_keys
 
 log = logging.getLogger(__name__)
@@ -28,10 +30,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Teachers:
-    """The ensemble (None when a user gave only its predictions) and the transfer set it labels."""
+    """The ensemble (None when a user gave only its predictions) and the transfer set it labels
+    (materialized, or streamed: then labelled batch by batch while distilling)."""
 
     ensemble: Ensemble | FileEnsemble | None
-    transfer: TransferSet
+    transfer: TransferSet | TransferStream
 
 
 def teachers(data: Dataset, model: ModelConfig, ensemble: EnsembleConfig, distill: DistillConfig,
@@ -50,12 +53,15 @@ def teachers(data: Dataset, model: ModelConfig, ensemble: EnsembleConfig, distil
     else:
         members = train_ensemble(data, model, ensemble, rt, checkpoints)
         source, members_key = "members trained here", []
+    key = config_key(ensemble, distill.transfer, data.digest(), *members_key)
+    if distill.transfer.stream:
+        return Teachers(members, streamed(data, members, source, distill, key))
     X, original = build_transfer_inputs(data.train.X, members, distill.transfer, rt)
     outputs = predict(members, torch.as_tensor(X), rt).numpy()
     y = np.zeros((len(X), *data.train.y.shape[1:]), dtype=data.train.y.dtype)
     y[original] = data.train.y
     summary: dict[str, Any] = {
-        "source": source, "rows": int(len(X)),
+        "source": source, "mode": "materialized", "rows": int(len(X)),
         "training_rows": int(original.sum()), "added_rows": int((~original).sum()),
         "uniform_rows": int(round(distill.transfer.uniform_fraction * len(data.train)))}
     if isinstance(members, FileEnsemble):
@@ -65,8 +71,31 @@ def teachers(data: Dataset, model: ModelConfig, ensemble: EnsembleConfig, distil
             summary["ignored_settings"] = ["distill.transfer.perturb_steps (no gradients through ONNX Runtime)"]
             log.warning("member ONNX files: distill.transfer.perturb_steps cannot apply (no gradients "
                         "through ONNX Runtime): ignored")
-    key = config_key(ensemble, distill.transfer, data.digest(), *members_key)
     return Teachers(members, TransferSet(X, outputs, y, original, key, summary))
+
+
+def streamed(data: Dataset, members: Ensemble | FileEnsemble, source: str, distill: DistillConfig,
+             key: str) -> TransferStream:
+    """The transfer set as a stream of batches from the training rows (``training.stream``),
+    with the noise and mixup in the same normalized units as the materialized set's."""
+    if isinstance(members, Ensemble):  # members trained here: their own normalization
+        mean, std = members.members[0].x_mean.cpu().numpy(), members.members[0].x_std.cpu().numpy()
+    elif isinstance(members, FileEnsemble):
+        mean, std = members.x_mean, members.x_std
+    else:  # pragma: no cover - the config check refuses streaming without members
+        mean, std = feature_stats(data.train.X)
+    inputs = TransferInputs(data.train.X, data.train.y, mean, std, distill.transfer)
+    n = len(data.train)
+    summary: dict[str, Any] = {
+        "source": source, "mode": "streamed", "loader_workers": distill.loader_workers,
+        "rows": len(inputs), "training_rows": n,
+        "added_rows": len(inputs) - n, "uniform_rows": inputs.uniform}
+    if isinstance(members, FileEnsemble):
+        summary["member_files"] = [{"file": f.path.name, "format": f.format, "parameters": f.parameters}
+                                   for f in members.files]
+    log.info("transfer set: streamed, %d inputs an epoch (%d training, %d added), %d loader workers",
+             len(inputs), n, len(inputs) - n, distill.loader_workers)
+    return TransferStream(inputs, members, members.num_heads, key, summary)
 
 
 # Transfer settings that need the teachers themselves, which a predictions file does not give.

@@ -43,6 +43,13 @@ class TransferSet:
     def __len__(self) -> int:
         return int(self.X.shape[0])
 
+    @property
+    def num_heads(self) -> int:
+        return int(self.teacher.shape[1])
+
+    def range_share(self, X: np.ndarray) -> float:
+        return transfer_range_share(self.X, X)
+
 
 def row_keys(X: np.ndarray) -> list[bytes]:
     """One hashable key per row: its float32 bytes (rows equal after float32 casting match)."""

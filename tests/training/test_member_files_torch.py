@@ -21,7 +21,6 @@ from training.data import DataError, load_dataset
 from training.device import Runtime
 from training.members import load_member_files
 from training.networks import build_network
-from training.pipeline import run_pipeline
 from training.teachers import teachers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -209,7 +208,7 @@ def test_example_pt2_members_distilled_on_an_image_folder(tmp_path: Path) -> Non
     overrides = [
         'name="pngdigits"', f'runs_dir="{tmp_path / "runs"}"', 'data.source="folder"',
         f'data.path="{out / "digits-png"}"', f'data.ood_path="{out / "digits-png-ood"}"',
-        "data.image_size=[32, 32]", 'model.body="resnet"', "model.channels=[8, 16]", "model.blocks=[1, 1]",
+        "data.image_size=[32, 32]", 'model.body="resnet"', "model.channels=[8, 16]", "model.blocks=[1, 2]",
         "model.image_shape=[3, 32, 32]", 'model.head="block"', "ensemble.members=2",
         f"ensemble.models={json.dumps(members)}", "distill.transfer.copies=1", "distill.transfer.flip=true",
         "distill.transfer.crop_padding=2", "distill.transfer.noise_std=0.0",
