@@ -177,6 +177,11 @@ def test_ascent_runs_through_torch_members_and_is_skipped_when_one_is_onnx(
         return teachers(data, config.model, config.ensemble, config.distill, CPU,
                         Checkpoints.of_run(config)).transfer
 
+    # The ascent's space: inputs normalized by the training rows' statistics.
+    ens = load_member_files(tuple(pt2), data, 2, "logits")
+    x = torch.as_tensor(data.test.X[:10])
+    z = (x.reshape(10, -1) - torch.as_tensor(ens.x_mean)) / torch.as_tensor(ens.x_std)
+    torch.testing.assert_close(ens.forward_normalized(z), ens(x), rtol=1e-5, atol=1e-5)
     plain, pushed = transfer(pt2, 0), transfer(pt2, 2)
     n = len(data.train)
     np.testing.assert_array_equal(plain.X[:n], pushed.X[:n])

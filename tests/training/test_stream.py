@@ -161,6 +161,9 @@ def test_loader_workers_yield_the_same_batches(tiny_config: RunConfig) -> None:
     for a, b in zip(inline, workers):
         for u, v in zip(a, b):
             torch.testing.assert_close(u, v, rtol=0, atol=0)
+    # another epoch: another order and other copies
+    later = next(iter(stream.source(0).epoch(3, 64, CPU, seed=1)))
+    assert not torch.equal(later[0], inline[0][0])
 
 
 def test_ranks_share_an_epoch() -> None:
@@ -184,7 +187,15 @@ def test_a_resumed_streamed_fit_equals_an_uninterrupted_one(tiny_config: RunConf
         torch.manual_seed(7)
         return build_network(tiny_config.model, data, 1)
 
-    whole = fit(student(), stream.source(0), loss, optim, CPU, checkpoint=None, key="k", desc="a", seed=3)
+    firsts: list[float] = []
+
+    def recording(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        firsts.append(float(batch[0].sum()))
+        return loss(model, batch)
+
+    whole = fit(student(), stream.source(0), recording, optim, CPU, checkpoint=None, key="k", desc="a", seed=3)
+    per_epoch = np.array(firsts).reshape(3, -1)  # every epoch its own batches
+    assert not np.array_equal(per_epoch[0], per_epoch[1]) and not np.array_equal(per_epoch[1], per_epoch[2])
     calls = {"n": 0}
 
     def crashing(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
