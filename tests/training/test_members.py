@@ -1,5 +1,6 @@
-"""An ensemble trained elsewhere, given as member files (ONNX, torch.export, state dicts): teacher
-outputs computed on the whole transfer set, the ensemble evaluated beside the students, bad files refused with a message."""
+"""An ensemble trained elsewhere, given as ONNX member files: teacher outputs computed on the
+whole transfer set, the ensemble evaluated beside the students, bad files refused with a
+message. PyTorch member files: test_member_files_torch.py."""
 
 from __future__ import annotations
 
