@@ -80,11 +80,14 @@ class EnsembleConfig:
     # Optional .npz with the members' predictions on the transfer set (logits [N, M, C], or
     # for regression mean and var [N, M, D]) plus X; replaces training members.
     predictions: str = ""
-    # Or the members themselves as ONNX files (one per member; see training.onnx_members):
-    # teacher outputs are then computed on the whole transfer set.
+    # Or the members themselves as files, one per member (see training.members): .onnx,
+    # .pt2 (torch.export) or .pt/.pth (a state dict of member_model); teacher outputs are
+    # then computed on the whole transfer set.
     models: tuple[str, ...] = ()
-    # What a member ONNX file's classification output holds: logits | probabilities.
+    # What a member file's classification output holds: logits | probabilities.
     member_output: str = "logits"
+    # The architecture of .pt/.pth state-dict members (registered body and head, one head).
+    member_model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
@@ -109,6 +112,9 @@ class TransferConfig:
     flip: bool = False
     crop_padding: int = 0
     seed: int = 0
+    # Make the inputs batch by batch while training and label them there, instead of holding
+    # the whole set and its teacher outputs in memory (see training.stream).
+    stream: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,8 @@ class DistillConfig:
     phase2: OptimConfig = field(default_factory=OptimConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     seed: int = 0
+    # Worker processes making a streamed transfer set's batches (0: in the training process).
+    loader_workers: int = 0
 
 
 @dataclass(frozen=True)
@@ -276,3 +284,18 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"device must be auto, cpu or cuda, got {config.device!r}")
     if config.distill.gt_weight < 0:
         raise ConfigError(f"distill.gt_weight must be >= 0, got {config.distill.gt_weight}")
+    if config.distill.loader_workers < 0:
+        raise ConfigError(f"distill.loader_workers must be >= 0, got {config.distill.loader_workers}")
+    if config.distill.transfer.stream:
+        if config.distill.transfer.perturb_steps > 0:
+            raise ConfigError("distill.transfer.stream cannot apply the disagreement ascent "
+                              "(distill.transfer.perturb_steps > 0: gradient steps through every "
+                              "member on every batch of every epoch); set perturb_steps = 0 or "
+                              "stream = false")
+        if config.ensemble.predictions:
+            raise ConfigError("distill.transfer.stream needs the members themselves: a member "
+                              "predictions file (ensemble.predictions) fixes the transfer inputs; "
+                              "set stream = false")
+    elif config.distill.loader_workers > 0:
+        raise ConfigError("distill.loader_workers applies to a streamed transfer set only; set "
+                          "distill.transfer.stream = true or loader_workers = 0")

@@ -8,7 +8,7 @@ imitates member m.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -17,9 +17,10 @@ from training.checkpoints import Checkpoints
 from training.config import DistillConfig, ModelConfig, OptimConfig
 from training.data import Dataset
 from training.device import Runtime
-from training.fit import LossFn, fit
+from training.fit import BatchSource, LossFn, fit
 from training.losses import distill_loss, ground_truth_loss
 from training.networks import HydraNet, build_network
+from training.stream import TransferStream
 from training.transfer import TransferSet
 
 log = logging.getLogger(__name__)
@@ -49,13 +50,19 @@ def distill_loss_fn(config: DistillConfig, task: str) -> LossFn:
     return loss
 
 
-def distill(data: Dataset, transfer: TransferSet, model: ModelConfig, config: DistillConfig,
-            rt: Runtime, checkpoints: Checkpoints) -> Students:
-    """The KD student and the Hydra, both fitted on ``transfer`` (or loaded when finished)."""
-    num_heads = transfer.teacher.shape[1]
-    tensors = (torch.as_tensor(transfer.X), torch.as_tensor(transfer.teacher),
-               torch.as_tensor(transfer.y), torch.as_tensor(transfer.labelled))
-    base = (model, config, transfer.key, data.digest())
+def distill(data: Dataset, transfer: TransferSet | TransferStream, model: ModelConfig,
+            config: DistillConfig, rt: Runtime, checkpoints: Checkpoints) -> Students:
+    """The KD student and the Hydra, both fitted on ``transfer`` (or loaded when finished);
+    a streamed transfer set is made and labelled batch by batch."""
+    num_heads = transfer.num_heads
+    tensors: tuple[torch.Tensor, ...] | BatchSource
+    if isinstance(transfer, TransferStream):
+        tensors = transfer.source(config.loader_workers)
+    else:
+        tensors = (torch.as_tensor(transfer.X), torch.as_tensor(transfer.teacher),
+                   torch.as_tensor(transfer.y), torch.as_tensor(transfer.labelled))
+    # The number of loader workers changes nothing but speed: not part of the key.
+    base = (model, replace(config, loader_workers=0), transfer.key, data.digest())
     loss = distill_loss_fn(config, data.task)
 
     def phase(net: HydraNet, name: str, key: str, optim: OptimConfig, label: str) -> HydraNet:

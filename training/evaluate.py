@@ -18,7 +18,7 @@ from training.eval_metrics import (classification_metrics, fidelity, ood_metrics
 from training.fit import predict
 from training.losses import gaussian_kl
 from training.networks import Ensemble, count_parameters
-from training.onnx_members import OnnxEnsemble, parameter_count
+from training.members import FileEnsemble
 from training.uncertainty import derived_outputs
 
 log = logging.getLogger(__name__)
@@ -183,14 +183,16 @@ def check_goals(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return goals
 
 
-def parameter_counts(teacher: Ensemble | OnnxEnsemble | None, kd: nn.Module,
+def parameter_counts(teacher: Ensemble | FileEnsemble | None, kd: nn.Module,
                      hydra: nn.Module) -> dict[str, int]:
     """Parameters of the KD student and the Hydra, and of one member and the whole ensemble
-    when the members are known (trained here, or given as ONNX files)."""
+    when the members are known (trained here, or given as files: then each file too)."""
     counts = {"kd": count_parameters(kd), "hydra": count_parameters(hydra)}
-    if isinstance(teacher, OnnxEnsemble):
-        per_member = [parameter_count(p) for p in teacher.paths]
+    if isinstance(teacher, FileEnsemble):
+        per_member = [f.parameters for f in teacher.files]
         counts.update(member=per_member[0], ensemble=sum(per_member))
+        counts.update({f"member {m} ({f.path.name}, {f.format})": f.parameters
+                       for m, f in enumerate(teacher.files)})
     elif teacher is not None:
         counts["member"] = count_parameters(teacher.members[0])
         counts["ensemble"] = count_parameters(teacher)

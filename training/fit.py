@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -24,6 +24,15 @@ from training.device import Runtime
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor]
+
+
+class BatchSource(Protocol):
+    """Batches made per epoch instead of held as tensors (the streamed transfer set)."""
+
+    rows: int  # inputs per epoch, all ranks together
+
+    def epoch(self, epoch: int, batch_size: int, rt: Runtime,
+              seed: int) -> Iterator[tuple[torch.Tensor, ...]]: ...
 
 
 def batches(tensors: tuple[torch.Tensor, ...], batch_size: int, rt: Runtime, seed: int,
@@ -47,19 +56,23 @@ def epochs_for(optim: OptimConfig, rows: int, world_size: int = 1) -> int:
     return max(optim.epochs, math.ceil(optim.min_steps / steps_per_epoch))
 
 
-def fit(model: nn.Module, tensors: tuple[torch.Tensor, ...], loss_fn: LossFn, optim: OptimConfig,
-        rt: Runtime, *, checkpoint: Path | None, key: str, desc: str, seed: int) -> nn.Module:
+def fit(model: nn.Module, tensors: tuple[torch.Tensor, ...] | BatchSource, loss_fn: LossFn,
+        optim: OptimConfig, rt: Runtime, *, checkpoint: Path | None, key: str, desc: str,
+        seed: int) -> nn.Module:
     """Train ``model`` in place with AdamW and a cosine schedule; resumable per epoch.
 
-    ``tensors`` are CPU tensors sharing their first axis; ``loss_fn(module, batch)`` returns
-    a scalar. Under DDP the wrapped module is passed to ``loss_fn``; the plain module is
-    returned and checkpointed, so checkpoints load anywhere.
+    ``tensors`` are CPU tensors sharing their first axis, or a ``BatchSource`` that makes each
+    epoch's batches; ``loss_fn(module, batch)`` returns a scalar. Under DDP the wrapped module
+    is passed to ``loss_fn``; the plain module is returned and checkpointed, so checkpoints
+    load anywhere.
     """
     model.to(rt.device)
-    epochs = epochs_for(optim, int(tensors[0].shape[0]), rt.world_size)
+    source = None if isinstance(tensors, tuple) else tensors
+    rows = source.rows if source is not None else int(tensors[0].shape[0])
+    epochs = epochs_for(optim, rows, rt.world_size)
     if epochs > optim.epochs:
         log.info("%s: %d epochs to reach %d optimizer steps on %d rows", desc, epochs, optim.min_steps,
-                 int(tensors[0].shape[0]))
+                 rows)
     opt = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     start = 0
@@ -80,7 +93,9 @@ def fit(model: nn.Module, tensors: tuple[torch.Tensor, ...], loss_fn: LossFn, op
     for epoch in range(start, epochs):
         model.train()
         total, count = 0.0, 0
-        for batch in batches(tensors, optim.batch_size, rt, seed, epoch):
+        epoch_batches = (source.epoch(epoch, optim.batch_size, rt, seed) if source is not None
+                         else batches(tensors, optim.batch_size, rt, seed, epoch))
+        for batch in epoch_batches:
             with rt.autocast():
                 loss = loss_fn(wrapped, batch)
             if not torch.isfinite(loss):

@@ -28,7 +28,8 @@ from training.networks import Ensemble
 from training.publish import publish
 from training.report import write_report
 from training.teachers import Teachers, teachers
-from training.transfer import TransferSet, transfer_range_share
+from training.stream import TransferStream
+from training.transfer import TransferSet
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def machine() -> dict[str, Any]:
             "threads": torch.get_num_threads()}
 
 
-def near_transfer(data: Dataset, transfer: TransferSet) -> dict[str, str]:
+def near_transfer(data: Dataset, transfer: TransferSet | TransferStream) -> dict[str, str]:
     """OOD sets drawn like a part of the transfer set: the student was distilled on inputs of
     their kind, so their figures say little about inputs of a kind it never saw."""
     out = {}
@@ -115,7 +116,7 @@ def evaluate_trained(config: RunConfig, trained: Trained, rt: Runtime) -> Evalua
     report = {
         **measured,
         "transfer": {**transfer.summary, "ood_values_inside_transfer_range": {
-            name: transfer_range_share(transfer.X, X) for name, X in data.ood.items()},
+            name: transfer.range_share(X) for name, X in data.ood.items()},
             "near_transfer_ood_sets": near_transfer(data, transfer)},
         "machine": machine(),
         # Stages loaded from a finished checkpoint were not fitted in this run: not listed.

@@ -95,6 +95,10 @@ def markdown(report: dict[str, Any]) -> str:
         t = report["transfer"]
         lines += ["## Transfer set", "", f"Source: {t['source']}; {t['rows']} inputs, "
                   f"{t['training_rows']} of them training rows."]
+        if t.get("mode") == "streamed":
+            lines.append(f"Streamed: the inputs are made and labelled batch by batch ({t['rows']} an "
+                         f"epoch, new augmented copies every epoch; {t.get('loader_workers', 0)} loader "
+                         "workers); the per-feature range below is the training rows'.")
         if "dropped_held_out_rows" in t:
             d = t["dropped_held_out_rows"]
             lines.append(f"Of {t['rows_given']} rows given, {d['calibration']} calibration and "

@@ -1,4 +1,4 @@
-"""Stage 1 as the pipeline sees it: the teachers (members trained here, member ONNX files, or a
+"""Stage 1 as the pipeline sees it: the teachers (members trained here, member files, or a
 user's member predictions) and the transfer set they label.
 """
 
@@ -20,7 +20,9 @@ from training.device import Runtime
 from training.ensemble import MemberPredictions, load_member_predictions, train_ensemble
 from training.fit import predict
 from training.networks import Ensemble
-from training.onnx_members import OnnxEnsemble, load_onnx_members
+from training.members import FileEnsemble, load_member_files
+from training.scaling import feature_stats
+from training.stream import TransferInputs, TransferStream
 from training.transfer import TransferSet, build_transfer_inputs, row_keys
 
 log = logging.getLogger(__name__)
@@ -28,10 +30,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Teachers:
-    """The ensemble (None when a user gave only its predictions) and the transfer set it labels."""
+    """The ensemble (None when a user gave only its predictions) and the transfer set it labels
+    (materialized, or streamed: then labelled batch by batch while distilling)."""
 
-    ensemble: Ensemble | OnnxEnsemble | None
-    transfer: TransferSet
+    ensemble: Ensemble | FileEnsemble | None
+    transfer: TransferSet | TransferStream
 
 
 def teachers(data: Dataset, model: ModelConfig, ensemble: EnsembleConfig, distill: DistillConfig,
@@ -40,28 +43,59 @@ def teachers(data: Dataset, model: ModelConfig, ensemble: EnsembleConfig, distil
     if ensemble.predictions:
         given = load_member_predictions(Path(ensemble.predictions), data, ensemble.members)
         return Teachers(None, external_transfer_set(given, data, ensemble.predictions, distill))
-    members: Ensemble | OnnxEnsemble
+    members: Ensemble | FileEnsemble
     if ensemble.models:
-        members = load_onnx_members(ensemble.models, data, ensemble.members, ensemble.member_output)
-        source = "member ONNX files"
+        members = load_member_files(ensemble.models, data, ensemble.members, ensemble.member_output,
+                                    ensemble.member_model, rt.device)
+        formats = {f.format for f in members.files}
+        source = "member ONNX files" if formats == {"onnx"} else "member files"
         members_key = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in ensemble.models]
     else:
         members = train_ensemble(data, model, ensemble, rt, checkpoints)
         source, members_key = "members trained here", []
+    key = config_key(ensemble, distill.transfer, data.digest(), *members_key)
+    if distill.transfer.stream:
+        return Teachers(members, streamed(data, members, source, distill, key))
     X, original = build_transfer_inputs(data.train.X, members, distill.transfer, rt)
     outputs = predict(members, torch.as_tensor(X), rt).numpy()
     y = np.zeros((len(X), *data.train.y.shape[1:]), dtype=data.train.y.dtype)
     y[original] = data.train.y
     summary: dict[str, Any] = {
-        "source": source, "rows": int(len(X)),
+        "source": source, "mode": "materialized", "rows": int(len(X)),
         "training_rows": int(original.sum()), "added_rows": int((~original).sum()),
         "uniform_rows": int(round(distill.transfer.uniform_fraction * len(data.train)))}
-    if isinstance(members, OnnxEnsemble) and distill.transfer.perturb_steps > 0:
-        summary["ignored_settings"] = ["distill.transfer.perturb_steps (no gradients through ONNX Runtime)"]
-        log.warning("member ONNX files: distill.transfer.perturb_steps cannot apply (no gradients "
-                    "through ONNX Runtime): ignored")
-    key = config_key(ensemble, distill.transfer, data.digest(), *members_key)
+    if isinstance(members, FileEnsemble):
+        summary["member_files"] = [{"file": f.path.name, "format": f.format, "parameters": f.parameters}
+                                   for f in members.files]
+        if distill.transfer.perturb_steps > 0 and not members.differentiable:
+            summary["ignored_settings"] = ["distill.transfer.perturb_steps (no gradients through ONNX Runtime)"]
+            log.warning("member ONNX files: distill.transfer.perturb_steps cannot apply (no gradients "
+                        "through ONNX Runtime): ignored")
     return Teachers(members, TransferSet(X, outputs, y, original, key, summary))
+
+
+def streamed(data: Dataset, members: Ensemble | FileEnsemble, source: str, distill: DistillConfig,
+             key: str) -> TransferStream:
+    """The transfer set as a stream of batches from the training rows (``training.stream``),
+    with the noise and mixup in the same normalized units as the materialized set's."""
+    if isinstance(members, Ensemble):  # members trained here: their own normalization
+        mean, std = members.members[0].x_mean.cpu().numpy(), members.members[0].x_std.cpu().numpy()
+    elif isinstance(members, FileEnsemble):
+        mean, std = members.x_mean, members.x_std
+    else:  # pragma: no cover - the config check refuses streaming without members
+        mean, std = feature_stats(data.train.X)
+    inputs = TransferInputs(data.train.X, data.train.y, mean, std, distill.transfer)
+    n = len(data.train)
+    summary: dict[str, Any] = {
+        "source": source, "mode": "streamed", "loader_workers": distill.loader_workers,
+        "rows": len(inputs), "training_rows": n,
+        "added_rows": len(inputs) - n, "uniform_rows": inputs.uniform}
+    if isinstance(members, FileEnsemble):
+        summary["member_files"] = [{"file": f.path.name, "format": f.format, "parameters": f.parameters}
+                                   for f in members.files]
+    log.info("transfer set: streamed, %d inputs an epoch (%d training, %d added), %d loader workers",
+             len(inputs), n, len(inputs) - n, distill.loader_workers)
+    return TransferStream(inputs, members, members.num_heads, key, summary)
 
 
 # Transfer settings that need the teachers themselves, which a predictions file does not give.

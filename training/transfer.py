@@ -17,7 +17,7 @@ import torch
 
 from training.config import ConfigError, TransferConfig
 from training.networks import Ensemble
-from training.onnx_members import OnnxEnsemble
+from training.members import FileEnsemble
 from training.device import Runtime
 from training.uncertainty import derived_outputs
 
@@ -43,6 +43,13 @@ class TransferSet:
     def __len__(self) -> int:
         return int(self.X.shape[0])
 
+    @property
+    def num_heads(self) -> int:
+        return int(self.teacher.shape[1])
+
+    def range_share(self, X: np.ndarray) -> float:
+        return transfer_range_share(self.X, X)
+
 
 def row_keys(X: np.ndarray) -> list[bytes]:
     """One hashable key per row: its float32 bytes (rows equal after float32 casting match)."""
@@ -62,7 +69,7 @@ def transfer_range_share(X_transfer: np.ndarray, X: np.ndarray) -> float:
     return float(((flat >= lo) & (flat <= hi)).mean())
 
 
-def _disagreement_ascent(teacher: Ensemble, z: torch.Tensor, cfg: TransferConfig, rt: Runtime) -> torch.Tensor:
+def _disagreement_ascent(teacher: Ensemble | FileEnsemble, z: torch.Tensor, cfg: TransferConfig, rt: Runtime) -> torch.Tensor:
     """Normalized inputs [N, d] moved by sign-gradient steps raising model uncertainty."""
     out = []
     for i in range(0, z.shape[0], 512):
@@ -93,7 +100,7 @@ def augment_images(X: np.ndarray, cfg: TransferConfig, rng: np.random.Generator)
     return out
 
 
-def build_transfer_inputs(X_train: np.ndarray, teacher: Ensemble | OnnxEnsemble, cfg: TransferConfig,
+def build_transfer_inputs(X_train: np.ndarray, teacher: Ensemble | FileEnsemble, cfg: TransferConfig,
                           rt: Runtime) -> tuple[np.ndarray, np.ndarray]:
     """Raw transfer inputs [N', *feature_shape] and a mask [N'] of the original training rows."""
     rng = np.random.default_rng(cfg.seed)
@@ -106,7 +113,7 @@ def build_transfer_inputs(X_train: np.ndarray, teacher: Ensemble | OnnxEnsemble,
     else:  # members given as files: the training rows' statistics
         mean, std = teacher.x_mean, teacher.x_std
     # The ascent needs gradients through the members, which ONNX Runtime does not give.
-    ascent = cfg.perturb_steps > 0 and hasattr(teacher, "forward_normalized")
+    ascent = cfg.perturb_steps > 0 and getattr(teacher, "differentiable", True)
     images = cfg.flip or cfg.crop_padding > 0
     if images and len(shape) != 3:
         raise ConfigError(f"distill.transfer.flip and crop_padding need image features [C, H, W], the "

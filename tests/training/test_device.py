@@ -26,11 +26,14 @@ def test_single_process_cpu_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.slow
-def test_two_process_ddp_distill(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stream", [False, True], ids=["materialized", "streamed"])
+def test_two_process_ddp_distill(tmp_path: Path, stream: bool) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "training.cli", "distill", "--config", str(ROOT / "configs" / "tiny.toml"),
            "--set", f'runs_dir="{tmp_path}"', "--set", "device=cpu"]
+    if stream:
+        cmd += ["--set", "distill.transfer.stream=true", "--set", "distill.loader_workers=1"]
     # A session of its own, so a hang kills torchrun and both workers, not only the launcher.
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)

@@ -1,5 +1,6 @@
-"""An ensemble trained elsewhere, given as ONNX files: teacher outputs computed on the whole
-transfer set, the ensemble evaluated beside the students, bad files refused with a message."""
+"""An ensemble trained elsewhere, given as ONNX member files: teacher outputs computed on the
+whole transfer set, the ensemble evaluated beside the students, bad files refused with a
+message. PyTorch member files: test_member_files_torch.py."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from training.config import RunConfig
 from training.data import DataError, load_dataset
-from training.onnx_members import load_onnx_members
+from training.members import load_member_files as load_onnx_members
 from training.checkpoints import Checkpoints
 from training.device import Runtime
 from training.pipeline import run_pipeline
