@@ -52,6 +52,7 @@ from train_run import train_and_publish  # noqa: E402
 from contract.onnxrt import session_options  # noqa: E402
 
 IMAGE = (3, 32, 32)
+HEADS = ("linear", "block")
 CLASSES = 10
 
 # Per device: training shortening, the ONNX comparison's body and batches, the service load.
@@ -109,30 +110,31 @@ def train(device: str, overrides: list[str], tmp: Path) -> tuple[Path, dict]:
 
 # -- 2. Hydra vs ensemble in ONNX Runtime -----------------------------------------------------------
 
-def export_pair(plan: dict, head: str, tmp: Path) -> tuple[Path, Path, dict[str, int]]:
-    """A Hydra with ``head`` heads and an ensemble of full members, random weights, as ONNX."""
+def export_models(plan: dict, tmp: Path) -> tuple[dict[str, Path], dict[str, int]]:
+    """An ensemble of M full members and a Hydra per head type (linear, block), random
+    weights, as ONNX files; parameter counts."""
     import torch
 
     from training.config import ModelConfig
     from training.networks import Ensemble, HydraNet, NetSpec, count_parameters
 
-    torch.manual_seed(0)
     spec = NetSpec("classification", IMAGE, CLASSES)
     m = plan["members"]
     body = dict(body="resnet", image_shape=IMAGE, **plan["resnet"])
-    hydra = HydraNet(ModelConfig(head=head, **body), spec, m).eval()
-    ensemble = Ensemble([HydraNet(ModelConfig(head="linear", **body), spec, 1) for _ in range(m)]).eval()
-    paths = []
-    for name, net in (("hydra", hydra), ("ensemble", ensemble)):
-        path = tmp / f"{name}-{head}.onnx"
-        program = torch.onnx.export(net, (torch.zeros(2, *IMAGE),), input_names=["input"],
+    torch.manual_seed(0)
+    nets = {"ensemble": Ensemble([HydraNet(ModelConfig(head="linear", **body), spec, 1) for _ in range(m)])}
+    for head in HEADS:
+        nets[head] = HydraNet(ModelConfig(head=head, **body), spec, m)
+    paths = {}
+    for name, net in nets.items():
+        paths[name] = tmp / f"{name}.onnx"
+        program = torch.onnx.export(net.eval(), (torch.zeros(2, *IMAGE),), input_names=["input"],
                                     output_names=["heads"], dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
                                     dynamo=True, external_data=False, verbose=False)
-        program.save(str(path))  # type: ignore[union-attr]
-        paths.append(path)
-    params = {"hydra": count_parameters(hydra), "ensemble": count_parameters(ensemble),
-              "member": count_parameters(ensemble.members[0])}
-    return paths[0], paths[1], params
+        program.save(str(paths[name]))  # type: ignore[union-attr]
+    params = {name: count_parameters(net) for name, net in nets.items()}
+    params["member"] = count_parameters(nets["ensemble"].members[0])
+    return paths, params
 
 
 def samples_per_s(sess: ort.InferenceSession, x: np.ndarray, seconds: float) -> float:
@@ -147,27 +149,28 @@ def samples_per_s(sess: ort.InferenceSession, x: np.ndarray, seconds: float) -> 
 
 
 def hydra_vs_ensemble(device: str, plan: dict, tmp: Path) -> list[dict]:
+    paths, params = export_models(plan, tmp)
+    sessions = {name: ort.InferenceSession(str(path), session_options(), providers=provider_options(device))
+                for name, path in paths.items()}
     rows = []
     rng = np.random.default_rng(0)
-    for head in ("linear", "block"):
-        hydra_path, ensemble_path, params = export_pair(plan, head, tmp)
-        sessions = {name: ort.InferenceSession(str(path), session_options(), providers=provider_options(device))
-                    for name, path in (("hydra", hydra_path), ("ensemble", ensemble_path))}
-        for batch in plan["batches"]:
-            x = rng.uniform(0, 16, size=(batch, *IMAGE)).astype(np.float32)
-            speed: dict[str, list[float]] = {"hydra": [], "ensemble": []}
-            for _ in range(plan["rounds"]):  # interleaved: noise hits both alike
-                for name, sess in sessions.items():
-                    speed[name].append(samples_per_s(sess, x, plan["seconds"]))
-            hydra, ensemble = float(np.median(speed["hydra"])), float(np.median(speed["ensemble"]))
+    for batch in plan["batches"]:
+        x = rng.uniform(0, 16, size=(batch, *IMAGE)).astype(np.float32)
+        speed: dict[str, list[float]] = {name: [] for name in sessions}
+        for _ in range(plan["rounds"]):  # interleaved: noise hits all alike
+            for name, sess in sessions.items():
+                speed[name].append(samples_per_s(sess, x, plan["seconds"]))
+        ensemble = float(np.median(speed["ensemble"]))
+        for head in HEADS:
+            hydra = float(np.median(speed[head]))
             rows.append({"head": head, "batch": batch, "members": plan["members"],
                          "hydra_samples_per_s": round(hydra, 1), "ensemble_samples_per_s": round(ensemble, 1),
-                         "ratio": round(hydra / ensemble, 2), "params": params,
-                         "provider": sessions["hydra"].get_providers()[0]})
+                         "ratio": round(hydra / ensemble, 2),
+                         "params": {"hydra": params[head], "ensemble": params["ensemble"], "member": params["member"]},
+                         "provider": sessions[head].get_providers()[0]})
             print(f"  {head} heads, batch {batch}: Hydra {hydra:.0f}/s, ensemble {ensemble:.0f}/s, "
                   f"{hydra / ensemble:.2f}x", file=sys.stderr)
-        del sessions
-    return rows
+    return sorted(rows, key=lambda r: (HEADS.index(r["head"]), r["batch"]))
 
 
 # -- 3 and 4. the service -------------------------------------------------------------------------
