@@ -281,9 +281,10 @@ def render(result: dict) -> str:
         p = rows[0]["params"]
         out += ["", f"Hydra vs ensemble in ONNX Runtime (ResNet body {result['resnet']}, M = {rows[0]['members']}, "
                 f"{rows[0]['provider']}; parameters: member {p['member']:,}):", "",
-                table(["heads", "batch", "Hydra samples/s", "ensemble samples/s", "ratio", "ratio / M"],
-                      [[r["head"], r["batch"], r["hydra_samples_per_s"], r["ensemble_samples_per_s"], r["ratio"],
-                        round(r["ratio"] / r["members"], 2)] for r in rows])]
+                table(["heads", "Hydra parameters", "batch", "Hydra samples/s", "ensemble samples/s", "ratio",
+                       "ratio / M"],
+                      [[r["head"], f"{r['params']['hydra']:,}", r["batch"], r["hydra_samples_per_s"],
+                        r["ensemble_samples_per_s"], r["ratio"], round(r["ratio"] / r["members"], 2)] for r in rows])]
     sv = result.get("service")
     if sv is None:
         return "\n".join(out)
@@ -305,6 +306,9 @@ def render(result: dict) -> str:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--render"]:  # print the tables of a JSON this script wrote
+        print(render(json.loads(Path(sys.argv[2]).read_text())))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument("--quick", action="store_true", help="small sizes (the tested path)")

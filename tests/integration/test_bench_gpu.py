@@ -44,5 +44,6 @@ def test_bench_gpu_quick_runs_every_part_on_cpu(tmp_path: Path) -> None:
     assert [d["batch"] for d in service["direct"]] == [1, 8]
 
     # The printed tables carry the same figures.
-    assert f"| linear | 1 | {onnx[0]['hydra_samples_per_s']} | {onnx[0]['ensemble_samples_per_s']} |" in done.stdout
+    assert (f"| linear | {onnx[0]['params']['hydra']:,} | 1 | {onnx[0]['hydra_samples_per_s']} | "
+            f"{onnx[0]['ensemble_samples_per_s']} |") in done.stdout
     assert "not applicable (the CPU provider is the active one)" in done.stdout
