@@ -31,18 +31,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from training.config import ConfigError, TransferConfig
+from training.config import TransferConfig
 from training.device import Runtime
-from training.transfer import augment_images
+from training.transfer import augment_images, copies_of, image_augmented
 
 log = logging.getLogger(__name__)
-
-
-def copies_of(cfg: TransferConfig, image: bool) -> int:
-    """Copies per training row, as the materialized set makes them (none when nothing would
-    make a copy differ from its row)."""
-    varied = cfg.noise_std > 0 or cfg.mixup_alpha > 0 or cfg.perturb_steps > 0 or image
-    return cfg.copies if varied else 0
 
 
 class TransferInputs(torch.utils.data.Dataset):
@@ -56,10 +49,7 @@ class TransferInputs(torch.utils.data.Dataset):
         self.X, self.y, self.cfg = X, y, cfg
         self.n = int(X.shape[0])
         self.shape = tuple(X.shape[1:])
-        self.images = cfg.flip or cfg.crop_padding > 0
-        if self.images and len(self.shape) != 3:
-            raise ConfigError(f"distill.transfer.flip and crop_padding need image features [C, H, W], "
-                              f"the data has {list(self.shape)}")
+        self.images = image_augmented(cfg, self.shape)
         self.mean = np.asarray(mean, dtype=np.float32).reshape(-1)
         self.std = np.asarray(std, dtype=np.float32).reshape(-1)
         flat = X.reshape(self.n, -1)

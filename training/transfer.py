@@ -100,6 +100,21 @@ def augment_images(X: np.ndarray, cfg: TransferConfig, rng: np.random.Generator)
     return out
 
 
+def image_augmented(cfg: TransferConfig, shape: tuple[int, ...]) -> bool:
+    """Whether copies are mirrored/shifted; refused for features that are not [C, H, W]."""
+    images = cfg.flip or cfg.crop_padding > 0
+    if images and len(shape) != 3:
+        raise ConfigError(f"distill.transfer.flip and crop_padding need image features [C, H, W], the "
+                          f"data has {list(shape)}")
+    return images
+
+
+def copies_of(cfg: TransferConfig, images: bool) -> int:
+    """Copies per training row (none when nothing would make a copy differ from its row)."""
+    varied = cfg.noise_std > 0 or cfg.mixup_alpha > 0 or cfg.perturb_steps > 0 or images
+    return cfg.copies if varied else 0
+
+
 def build_transfer_inputs(X_train: np.ndarray, teacher: Ensemble | FileEnsemble, cfg: TransferConfig,
                           rt: Runtime) -> tuple[np.ndarray, np.ndarray]:
     """Raw transfer inputs [N', *feature_shape] and a mask [N'] of the original training rows."""
@@ -114,13 +129,9 @@ def build_transfer_inputs(X_train: np.ndarray, teacher: Ensemble | FileEnsemble,
         mean, std = teacher.x_mean, teacher.x_std
     # The ascent needs gradients through the members, which ONNX Runtime does not give.
     ascent = cfg.perturb_steps > 0 and getattr(teacher, "differentiable", True)
-    images = cfg.flip or cfg.crop_padding > 0
-    if images and len(shape) != 3:
-        raise ConfigError(f"distill.transfer.flip and crop_padding need image features [C, H, W], the "
-                          f"data has {list(shape)}")
+    images = image_augmented(cfg, shape)
     parts = [flat]
-    copies = cfg.copies if (cfg.noise_std > 0 or cfg.mixup_alpha > 0 or cfg.perturb_steps > 0 or images) else 0
-    for _ in range(copies):
+    for _ in range(copies_of(cfg, images)):
         base = augment_images(X_train, cfg, rng).reshape(n, -1) if images else flat
         z = (base - mean) / std  # [n, d]
         if cfg.mixup_alpha > 0:

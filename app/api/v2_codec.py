@@ -24,7 +24,7 @@ from app.errors import InvalidInput
 from app.serving.repository import ServedModel
 from app.serving.sessions import OutputArrays
 from app.settings import Settings
-from contract.model import expected_output_shapes, head_names
+from contract.model import expected_output_shapes
 
 DATATYPES = {"f": "FP32", "i": "INT64", "b": "BOOL"}
 WIRE_DTYPES = {"FP32": "<f4", "INT64": "<i8", "BOOL": "?"}
@@ -40,7 +40,6 @@ def output_specs(served: ServedModel) -> dict[str, tuple[str, list[int]]]:
     if specs is None:
         specs = memo["v2_output_specs"] = _output_specs(served)
         memo["v2_row_values"] = {n: math.prod(shape[1:]) for n, (_, shape) in specs.items()}
-        memo["v2_head_outputs"] = frozenset(head_names(served.model.meta.num_heads))
     return specs
 
 
@@ -153,8 +152,7 @@ def decode_infer(
     row_values = model.memo["v2_row_values"]
     per_row = sum(row_values[n] for n, _ in wanted)
     check_response_size(len(batch), per_row, settings.max_response_values)
-    head_outputs = model.memo["v2_head_outputs"]
-    heads = any(n in head_outputs for n, _ in wanted)
+    heads = any(n in model.head_outputs for n, _ in wanted)
     return InferRequest(req.id, batch, wanted, heads)
 
 

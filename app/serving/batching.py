@@ -339,6 +339,7 @@ class Batcher:
                 ))
             return
         self._deliver(batch, outputs, len(inputs), time.perf_counter() - started, started)
+
     def _deliver(
         self, batch: list[_Pending], outputs: OutputArrays, size: int, duration: float, started: float
     ) -> None:

@@ -54,11 +54,15 @@ class LoadedModel:
         return [-1, *self.meta.feature_shape]
 
     @cached_property
+    def head_outputs(self) -> frozenset[str]:
+        """The per-head outputs ``head_m``: fetched only for requests that ask for them."""
+        return frozenset(head_names(self.meta.num_heads))
+
+    @cached_property
     def _fetched(self) -> tuple[list[str], list[str]]:
         """The graph outputs fetched without and with the per-head ones."""
         every = self.meta.output_names
-        heads = set(head_names(self.meta.num_heads))
-        return [n for n in every if n not in heads], every
+        return [n for n in every if n not in self.head_outputs], every
 
     def output_names(self, heads: bool) -> list[str]:
         """The graph outputs a call fetches: the per-head ``head_m`` only when ``heads``."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from training.fit import fit
 from training.networks import Ensemble, build_network
 from training.pipeline import run_pipeline
 from training.stream import EpochBatches, TransferInputs, TransferStream
-from training.transfer import build_transfer_inputs
+from training.transfer import build_transfer_inputs, copies_of, image_augmented
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU = Runtime(torch.device("cpu"))
@@ -228,3 +229,22 @@ def test_a_tiny_streamed_run_publishes_a_model(tiny_config: RunConfig, tmp_path:
     assert {"hydra phase 1", "hydra phase 2"} <= set(report["training_samples_per_s"])
     assert "Streamed: the inputs are made and labelled batch by batch" in (version / "report.md").read_text()
     assert report["test"]["hydra"]["accuracy"] > 0.5
+
+
+def test_both_transfer_paths_share_the_image_and_copy_rules() -> None:
+    flip = TransferConfig(flip=True, copies=3)
+    assert image_augmented(flip, (3, 8, 8)) and not image_augmented(TransferConfig(), (64,))
+    message = r"need image features \[C, H, W\], the data has \[64\]"
+    with pytest.raises(ConfigError, match=message):
+        image_augmented(flip, (64,))
+    X, y = np.zeros((4, 64), dtype=np.float32), np.zeros(4, dtype=np.int64)
+    with pytest.raises(ConfigError, match=message):  # the streamed set
+        TransferInputs(X, y, np.zeros(64), np.ones(64), flip)
+    with pytest.raises(ConfigError, match=message):  # the materialized set
+        teacher = SimpleNamespace(x_mean=np.zeros(64), x_std=np.ones(64))  # members given as files
+        build_transfer_inputs(X, teacher, flip, None)  # type: ignore[arg-type]
+    # Copies only when something makes a copy differ from its row.
+    assert copies_of(TransferConfig(copies=3), images=False) == 0
+    assert copies_of(TransferConfig(copies=3, noise_std=0.1), images=False) == 3
+    assert copies_of(flip, images=True) == 3
+    assert len(TransferInputs(np.zeros((4, 3, 8, 8), np.float32), y, np.zeros(192), np.ones(192), flip)) == 4 * 4
