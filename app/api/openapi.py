@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
@@ -51,7 +51,7 @@ class InferenceRoute:
     endpoint: Callable[[Request], Awaitable[Response]]
     summary: str
     tag: str
-    request_model: type[BaseModel]
+    request_model: type[Any]  # a pydantic model or TypedDict
     response_model: type[BaseModel]
     error_model: type[BaseModel]
 
@@ -59,7 +59,7 @@ class InferenceRoute:
         return TemplatedRoute(self.path, self.endpoint, methods=["POST"], include_in_schema=False)
 
     def operation(self) -> dict[str, Any]:
-        def ref(model: type[BaseModel]) -> dict[str, Any]:
+        def ref(model: type[Any]) -> dict[str, Any]:
             return {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}
 
         params = [
@@ -88,7 +88,7 @@ def build_openapi(app: FastAPI, inference: Sequence[InferenceRoute]) -> dict[str
     for item in inference:
         schema["paths"].setdefault(item.path, {})["post"] = item.operation()
         for model in (item.request_model, item.response_model, item.error_model):
-            extra = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            extra = TypeAdapter(model).json_schema(ref_template="#/components/schemas/{model}")
             components.update(extra.pop("$defs", {}))
             components[model.__name__] = extra
     return schema

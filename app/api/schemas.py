@@ -1,10 +1,15 @@
-"""HTTP bodies (pydantic): what /docs shows and what requests are checked against."""
+"""HTTP bodies (pydantic): what /docs shows and what requests are checked against.
+
+The V2 infer request is a TypedDict, not a model: pydantic checks it as fast as it parses
+(no object per tensor or requested output), and the codec reads it as the plain dicts it is.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, TypeAdapter, with_config
+from typing_extensions import NotRequired, TypedDict
 
 
 class V1Parameters(BaseModel):
@@ -53,27 +58,30 @@ class V1PredictResponse(BaseModel):
     predictions: list[V1Prediction]
 
 
-class V2Tensor(BaseModel):
-    model_config = ConfigDict(extra="allow")
+@with_config(ConfigDict(extra="allow"))
+class V2Tensor(TypedDict):
     name: str
     shape: list[StrictInt]  # JSON integers only: not true, "1" or 1.0
     datatype: str
-    parameters: dict[str, Any] | None = None
-    data: Any = None
+    parameters: NotRequired[dict[str, Any] | None]
+    data: NotRequired[Any]
 
 
-class V2RequestedOutput(BaseModel):
-    model_config = ConfigDict(extra="allow")
+@with_config(ConfigDict(extra="allow"))
+class V2RequestedOutput(TypedDict):
     name: str
-    parameters: dict[str, Any] | None = None
+    parameters: NotRequired[dict[str, Any] | None]
 
 
-class V2InferRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    id: str | None = None
-    parameters: dict[str, Any] | None = None
+@with_config(ConfigDict(extra="allow"))
+class V2InferRequest(TypedDict):
+    id: NotRequired[str | None]
+    parameters: NotRequired[dict[str, Any] | None]
     inputs: list[V2Tensor]
-    outputs: list[V2RequestedOutput] | None = None
+    outputs: NotRequired[list[V2RequestedOutput] | None]
+
+
+V2_INFER_REQUEST: TypeAdapter[V2InferRequest] = TypeAdapter(V2InferRequest)
 
 
 class V2InferResponse(BaseModel):

@@ -51,6 +51,27 @@ def check_finite(batch: FloatBatch, what: str) -> FloatBatch:
     return batch
 
 
+# float64 values of this magnitude or more round to infinity in float32 (round to nearest:
+# halfway between the largest float32 and the next power of two).
+FLOAT32_OVERFLOW = 3.4028235677973366e38
+
+
+def to_float32(arr: np.ndarray, what: str) -> FloatBatch:
+    """A numeric [B, ...] array as a contiguous float32 batch whose every value is finite;
+    NaN, infinity and values beyond float32's range are refused with the first instance that
+    holds one. Integers always fit; a float64 array is checked by its extremes before the cast
+    (two reductions, no temporary), so the cast itself never overflows."""
+    kind = arr.dtype.kind
+    if kind in "iu":
+        return np.ascontiguousarray(arr, dtype=np.float32)
+    if kind == "f" and arr.dtype.itemsize > 4:
+        if -FLOAT32_OVERFLOW < arr.min() and arr.max() < FLOAT32_OVERFLOW:  # False for NaN too
+            return np.ascontiguousarray(arr, dtype=np.float32)
+        with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused just below
+            return check_finite(np.ascontiguousarray(arr, dtype=np.float32), what)
+    return check_finite(np.ascontiguousarray(arr, dtype=np.float32), what)
+
+
 # Room in the structure budgets for everything besides the tensor: ids, parameters, the
 # list of requested outputs, and separators or brackets inside strings.
 STRUCTURE_SLACK = 4096

@@ -15,7 +15,7 @@ import numpy as np
 from app.api.parsing import check_structure, parse_body
 from app.api.schemas import V1PredictRequest
 from app.api.tensors import (
-    FloatBatch, body_budget, check_batch_size, check_finite, check_response_size, numeric_array,
+    FloatBatch, body_budget, check_batch_size, check_response_size, numeric_array, to_float32,
 )
 from app.errors import InvalidInput
 from app.serving.repository import ServedModel
@@ -69,9 +69,7 @@ def instances_to_batch(
             f"each instance must have shape {list(feature_shape)} (or be a flat list of {flat} "
             f"numbers), got shape {list(per)}"
         )
-    with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused just below
-        batch = np.ascontiguousarray(arr, dtype=np.float32)
-    return check_finite(batch, "'instances'")
+    return to_float32(arr, "'instances'")
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

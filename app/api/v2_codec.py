@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
 from starlette.responses import Response
 
 from app.api import binary_tensors
-from app.api.parsing import check_structure, parse_body
+from app.api.parsing import check_structure, parse_json, validate_body
 from app.api.responses import OrjsonResponse
-from app.api.schemas import V2InferRequest
+from app.api.schemas import V2_INFER_REQUEST, V2InferRequest
 from app.api.tensors import (
-    FloatBatch, body_budget, check_batch_size, check_finite, check_response_size, numeric_array,
+    FloatBatch, body_budget, check_batch_size, check_response_size, numeric_array, to_float32,
 )
 from app.errors import InvalidInput
 from app.serving.repository import ServedModel
@@ -26,7 +27,6 @@ from app.serving.sessions import OutputArrays
 from app.settings import Settings
 from contract.model import expected_output_shapes
 
-DATATYPES = {"f": "FP32", "i": "INT64", "b": "BOOL"}
 WIRE_DTYPES = {"FP32": "<f4", "INT64": "<i8", "BOOL": "?"}
 PLATFORM = "onnxruntime_onnx"
 EXPECTED = "an object with 'inputs': [{name, shape, datatype, data}]"
@@ -39,7 +39,6 @@ def output_specs(served: ServedModel) -> dict[str, tuple[str, list[int]]]:
     specs = memo.get("v2_output_specs")
     if specs is None:
         specs = memo["v2_output_specs"] = _output_specs(served)
-        memo["v2_row_values"] = {n: math.prod(shape[1:]) for n, (_, shape) in specs.items()}
     return specs
 
 
@@ -94,26 +93,61 @@ def _flag(params: dict[str, Any] | None, key: str, default: bool, where: str = "
     return value
 
 
-def _wanted_outputs(
-    req: V2InferRequest, specs: dict[str, tuple[str, list[int]]]
-) -> list[tuple[str, bool]]:
-    """(name, as binary) per requested output: known names, each at most once."""
-    all_binary = _flag(req.parameters, "binary_data_output", False)
-    if not req.outputs:
-        return [(n, all_binary) for n in specs]
-    names = [o.name for o in req.outputs]
-    unknown = [n for n in names if n not in specs]
-    if unknown:
-        raise InvalidInput(f"unknown output {unknown[:10]}; expected names among {list(specs)}")
-    if len(set(names)) != len(names):
-        repeated = next(n for n in names if names.count(n) > 1)
-        raise InvalidInput(
-            f"output names must be unique: {repeated!r} is requested {names.count(repeated)} times"
-        )
-    return [
-        (o.name, _flag(o.parameters, "binary_data", all_binary, f"output {o.name!r}: "))
-        for o in req.outputs
-    ]
+@dataclass(frozen=True)
+class OutputPlan:
+    """What a request's list of outputs means for one model: computed once per distinct list
+    (most clients send the same one every time) and reused."""
+
+    # (output name, datatype, as binary data, shape after the batch dimension), as asked
+    wanted: tuple[tuple[str, str, bool, tuple[int, ...]], ...]
+    per_row: int  # values per instance of the answer, for its size bound
+    heads: bool  # some per-head output ``head_m`` is asked for
+
+
+PLANS_PER_MODEL = 64  # distinct output lists remembered per model; others are planned each time
+_NAME = itemgetter("name")
+
+
+def _plan(served: ServedModel, req: V2InferRequest) -> OutputPlan:
+    """The plan of the outputs ``req`` asks for. Remembered per model when each requested
+    output gives only its name (then the names and ``binary_data_output`` decide it all)."""
+    all_binary = _flag(req.get("parameters"), "binary_data_output", False)
+    outputs = req.get("outputs")
+    if outputs and set(map(len, outputs)) != {1}:  # parameters (or other fields) somewhere
+        return _new_plan(served, outputs, all_binary)
+    key = (all_binary, tuple(map(_NAME, outputs)) if outputs else None)
+    plans = served.model.memo.setdefault("v2_plans", {})
+    plan = plans.get(key)
+    if plan is None:
+        plan = _new_plan(served, outputs, all_binary)
+        if len(plans) < PLANS_PER_MODEL:
+            plans[key] = plan
+    return plan
+
+
+def _new_plan(served: ServedModel, outputs: list[Any] | None, all_binary: bool) -> OutputPlan:
+    specs = output_specs(served)
+    if not outputs:
+        asked = [(n, all_binary) for n in specs]
+    else:
+        names = [o["name"] for o in outputs]
+        unknown = [n for n in names if n not in specs]
+        if unknown:
+            raise InvalidInput(f"unknown output {unknown[:10]}; expected names among {list(specs)}")
+        if len(set(names)) != len(names):
+            repeated = next(n for n in names if names.count(n) > 1)
+            raise InvalidInput(
+                f"output names must be unique: {repeated!r} is requested {names.count(repeated)} times"
+            )
+        asked = [
+            (o["name"], _flag(o.get("parameters"), "binary_data", all_binary, f"output {o['name']!r}: "))
+            for o in outputs
+        ]
+    return OutputPlan(
+        wanted=tuple((n, specs[n][0], binary, tuple(specs[n][1][1:])) for n, binary in asked),
+        per_row=sum(math.prod(specs[n][1][1:]) for n, _ in asked),
+        heads=any(n in served.model.head_outputs for n, _ in asked),
+    )
 
 
 @dataclass(frozen=True)
@@ -122,8 +156,12 @@ class InferRequest:
 
     id: str | None
     batch: FloatBatch  # [B, *feature_shape]
-    wanted: list[tuple[str, bool]]  # (output name, as binary data), in the order asked
-    heads: bool = False  # some per-head output ``head_m`` is asked for
+    plan: OutputPlan  # the outputs asked for
+
+    @property
+    def heads(self) -> bool:
+        """Some per-head output ``head_m`` is asked for."""
+        return self.plan.heads
 
 
 def decode_infer(
@@ -135,43 +173,38 @@ def decode_infer(
     header, binary = binary_tensors.split_body(raw, header_length)
     budget = body_budget(model.meta.feature_shape, settings.max_instances)
     check_structure(header, budget.max_values, budget.max_containers, budget.expected)
-    req = parse_body(header, V2InferRequest, EXPECTED)
-    names = [t.name for t in req.inputs]
-    if names != ["input"]:
-        raise InvalidInput(f"one input named 'input' expected, got {names[:10]}")
-    tensor = req.inputs[0]
-    if tensor.datatype != "FP32":
-        raise InvalidInput(f"input 'input': datatype FP32 expected, got {tensor.datatype!r}")
-    chunk = binary_tensors.input_bytes(tensor.parameters, binary, tensor.name)
+    req = validate_body(parse_json(header), V2_INFER_REQUEST, EXPECTED)
+    inputs = req["inputs"]
+    if len(inputs) != 1 or inputs[0]["name"] != "input":
+        raise InvalidInput(f"one input named 'input' expected, got {[t['name'] for t in inputs][:10]}")
+    tensor = inputs[0]
+    if tensor["datatype"] != "FP32":
+        raise InvalidInput(f"input 'input': datatype FP32 expected, got {tensor['datatype']!r}")
+    chunk = binary_tensors.input_bytes(tensor.get("parameters"), binary, "input")
     batch = tensor_to_batch(
-        tensor.data, tensor.shape, model.meta.feature_shape, settings.max_instances, binary=chunk,
-        check_booleans=b"true" in header or b"false" in header,
+        tensor.get("data"), tensor["shape"], model.meta.feature_shape, settings.max_instances,
+        binary=chunk, check_booleans=b"true" in header or b"false" in header,
     )
-    specs = output_specs(served)
-    wanted = _wanted_outputs(req, specs)
-    row_values = model.memo["v2_row_values"]
-    per_row = sum(row_values[n] for n, _ in wanted)
-    check_response_size(len(batch), per_row, settings.max_response_values)
-    heads = any(n in model.head_outputs for n, _ in wanted)
-    return InferRequest(req.id, batch, wanted, heads)
+    plan = _plan(served, req)
+    check_response_size(len(batch), plan.per_row, settings.max_response_values)
+    return InferRequest(req.get("id"), batch, plan)
 
 
 def infer_response(name: str, version: int, req: InferRequest, outputs: OutputArrays) -> Response:
     """The outputs asked for, as JSON ``data`` or as binary data after the JSON header."""
     tensors: list[dict[str, Any]] = []
     blobs: list[bytes] = []
-    for out_name, as_binary in req.wanted:
-        arr = outputs[out_name]
-        datatype = DATATYPES[arr.dtype.kind]
-        arr = arr.astype(WIRE_DTYPES[datatype], copy=False)
-        entry: dict[str, Any] = {"name": out_name, "datatype": datatype, "shape": list(arr.shape)}
+    rows = len(req.batch)
+    for out_name, datatype, as_binary, tail in req.plan.wanted:
+        arr = outputs[out_name].astype(WIRE_DTYPES[datatype], copy=False)
         if as_binary:
             blob = binary_tensors.output_bytes(arr)
-            entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
+            tensors.append({"name": out_name, "datatype": datatype, "shape": [rows, *tail],
+                            "parameters": {"binary_data_size": len(blob)}})
         else:
-            entry["data"] = arr.ravel()
-        tensors.append(entry)
+            tensors.append({"name": out_name, "datatype": datatype, "shape": [rows, *tail],
+                            "data": arr.reshape(-1)})
     body: dict[str, Any] = {"model_name": name, "model_version": str(version), "outputs": tensors}
     if req.id is not None:
         body["id"] = req.id
@@ -210,6 +243,4 @@ def tensor_to_batch(
             raise InvalidInput(
                 f"input 'input': {count} values expected for shape {shape}, got {arr.size}"
             )
-    with np.errstate(over="ignore"):
-        batch = np.ascontiguousarray(arr.reshape(shape), dtype=np.float32)
-    return check_finite(batch, "input 'input'")
+    return to_float32(arr.reshape(shape), "input 'input'")

@@ -127,3 +127,44 @@ def test_inputs_beyond_float32_are_a_400_not_infinity(repo: Path) -> None:
         assert r.status_code == 400, (body[:40], r.text)
         assert "finite float32 numbers expected" in r.json()["error"], r.text
     assert registry.get_sample_value("hydra_predictions_total", LABELS) is None
+
+
+def test_the_float32_range_ends_where_rounding_gives_infinity() -> None:
+    """JSON numbers are float64: those that round to the largest float32 are kept (as it),
+    those from the halfway point up become infinity and are refused, both signs; integers
+    always fit. Checked against numpy's own rounding."""
+    from app.api.tensors import FLOAT32_OVERFLOW, to_float32
+    from app.errors import InvalidInput
+
+    largest = float(np.finfo(np.float32).max)
+    below = np.nextafter(FLOAT32_OVERFLOW, 0.0)
+    with np.errstate(over="ignore"):
+        assert np.float32(below) == np.finfo(np.float32).max and np.isinf(np.float32(FLOAT32_OVERFLOW))
+    for value in (below, -below, 3.4028235e38, largest, 1e-45):
+        out = to_float32(np.array([[0.0, value]]), "x")
+        assert out.dtype == np.float32 and out.flags.c_contiguous
+        assert out[0, 1] == np.float32(value)
+    assert to_float32(np.array([[2**62, -3]]), "x").tolist() == [[float(np.float32(2**62)), -3.0]]
+    for value in (FLOAT32_OVERFLOW, -FLOAT32_OVERFLOW, 1e39, np.inf, np.nan):
+        with pytest.raises(InvalidInput, match="instance 1 holds NaN, infinity or a value beyond"):
+            to_float32(np.array([[0.0, 0.0], [0.0, value]]), "x")
+    binary = np.array([[0.0, np.inf]], dtype="<f4")
+    with pytest.raises(InvalidInput, match="instance 0 holds"):
+        to_float32(binary, "x")
+
+
+def test_a_number_that_rounds_to_the_largest_float32_is_served(repo: Path) -> None:
+    """3.4028235e38 (how the largest float32 is usually printed) is slightly above it as a
+    float64 but rounds to it: accepted by both protocols, like any other finite input (the
+    test model's outputs stay finite there), with the same answer."""
+    row = "[3.4028235e38" + ", 0" * 63 + "]"
+    with serve(make_settings(repo)) as (client, _, _):
+        v1 = client.post(V1, content='{"instances": [' + row + "]}",
+                         headers={"content-type": "application/json"})
+        v2 = client.post(V2, content='{"inputs": [{"name": "input", "shape": [1, 64], "datatype": '
+                                     '"FP32", "data": ' + row + "}]}",
+                         headers={"content-type": "application/json"})
+    assert v1.status_code == 200, v1.text
+    assert v2.status_code == 200, v2.text
+    v2_class = {o["name"]: o["data"] for o in v2.json()["outputs"]}["predicted_class"]
+    assert v2_class == [v1.json()["predictions"][0]["class_index"]]

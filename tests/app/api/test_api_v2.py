@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +168,62 @@ def test_regression_outputs(tmp_path: Path, regressor: cm.BuiltModel, diabetes: 
     np.testing.assert_allclose(np.reshape(outputs["mean"]["data"], (3, 1)), ref["mean"], rtol=1e-5)
     np.testing.assert_allclose(np.reshape(outputs["variance"]["data"], (3, 1)), ref["variance"], rtol=1e-5)
     assert bad.status_code == 400 and "unknown output ['predicted_class']" in bad.json()["error"]
+
+
+def test_output_lists_are_planned_per_request_even_when_remembered(
+    repo: Path, classifier: cm.BuiltModel, digits: dict
+) -> None:
+    """The service remembers what a list of outputs means (per model, for lists that give
+    only names); every request must still get exactly what it asks for: the same names in
+    JSON, then as binary data, then mixed by per-output parameters, in another order, the
+    per-head outputs, more distinct lists than are remembered, and an unknown name."""
+    import itertools
+
+    from app.api.v2_codec import PLANS_PER_MODEL
+
+    x = digits["test_x"][:2]
+    ref = reference_outputs(classifier.data, x)
+    names = ["mean_probs", "is_ood"]
+
+    def outs(*specs: str | tuple[str, bool]) -> list[dict]:
+        return [{"name": s} if isinstance(s, str) else {"name": s[0], "parameters": {"binary_data": s[1]}}
+                for s in specs]
+
+    def shape_of(answer: dict) -> list[tuple[str, bool]]:
+        """(name, sent as binary data) per output, in the answer's order."""
+        return [(o["name"], "data" not in o and "binary_data_size" in o.get("parameters", {}))
+                for o in answer["outputs"]]
+
+    pairs = list(itertools.permutations(classifier.meta.output_names, 2))
+    assert len(pairs) > PLANS_PER_MODEL
+    with serve(make_settings(repo)) as (client, _, _):
+        def infer(**extra: object) -> dict:
+            r = client.post("/v2/models/digits/infer", json=_infer_body(x, **extra))
+            assert r.status_code == 200, r.text
+            length = r.headers.get("inference-header-content-length")
+            return r.json() if length is None else json.loads(r.content[: int(length)])
+
+        json_first = infer(outputs=outs(*names))
+        binary = infer(outputs=outs(*names), parameters={"binary_data_output": True})
+        mixed = infer(outputs=outs(("mean_probs", False), "is_ood"), parameters={"binary_data_output": True})
+        json_again = infer(outputs=outs(*names))
+        reordered = infer(outputs=outs("is_ood", "mean_probs"))
+        head = infer(outputs=outs("head_0"))
+        many = [infer(outputs=outs(*p)) for p in pairs]
+        unknown = client.post("/v2/models/digits/infer", json=_infer_body(x, outputs=outs("mean_probs", "nope")))
+        still = infer(outputs=outs(*names))
+    assert shape_of(json_first) == [("mean_probs", False), ("is_ood", False)]
+    assert shape_of(binary) == [("mean_probs", True), ("is_ood", True)]
+    assert shape_of(mixed) == [("mean_probs", False), ("is_ood", True)]
+    assert shape_of(json_again) == shape_of(still) == shape_of(json_first)
+    assert shape_of(reordered) == [("is_ood", False), ("mean_probs", False)]
+    for answer in (json_first, json_again, mixed):
+        np.testing.assert_allclose(np.reshape(answer["outputs"][0]["data"], (2, 10)), ref["mean_probs"], atol=ATOL)
+    (h,) = head["outputs"]
+    assert h["name"] == "head_0" and h["shape"] == list(ref["head_0"].shape)
+    np.testing.assert_allclose(np.reshape(h["data"], h["shape"]), ref["head_0"], atol=ATOL)
+    assert [[o["name"] for o in a["outputs"]] for a in many] == [list(p) for p in pairs]
+    for (a, b), answer in zip(pairs, many):
+        got = {o["name"]: o for o in answer["outputs"]}
+        assert got[a]["shape"] == list(ref[a].shape) and got[b]["shape"] == list(ref[b].shape)
+    assert unknown.status_code == 400 and "unknown output ['nope']" in unknown.json()["error"]
