@@ -17,10 +17,15 @@ import numpy as np
 import numpy.typing as npt
 
 from training.config import DataConfig
+from training.scaling import feature_std
 
 log = logging.getLogger(__name__)
 
 Array = npt.NDArray[np.float32]
+
+# Rows per block where a whole-set temporary would be large (float64 noise for the shift sets,
+# the finite check's mask).
+ROW_BLOCK = 1024
 
 
 class DataError(ValueError):
@@ -82,8 +87,9 @@ class Dataset:
         return h.hexdigest()
 
 
-def check_arrays(X: np.ndarray, y: np.ndarray, task: str, where: str) -> tuple[Array, np.ndarray]:
+def check_arrays(X: np.ndarray, y: np.ndarray, task: str, where: str) -> tuple[np.ndarray, np.ndarray]:
     """Fail fast on shapes, types and non-finite values, naming the array and the problem.
+    ``X`` comes back as float32, or as it is when it holds integers of at most 16 bits.
 
     Classification ``y`` must already be class indices (``encode_labels`` makes them).
     """
@@ -97,13 +103,24 @@ def check_arrays(X: np.ndarray, y: np.ndarray, task: str, where: str) -> tuple[A
         raise DataError(f"{where}: need at least 20 samples, got {X.shape[0]}")
     if X.dtype.kind not in "biuf":
         raise DataError(f"{where}: X must be numeric, got dtype {X.dtype}")
+    if X.dtype.kind in "biu" and X.dtype.itemsize <= 2:
+        # Pixels (uint8) and other small integers: exact in float32 and finite. Kept as they
+        # are until the splits are cut (``tabular_dataset``), so the whole set is never held
+        # as float32 beside its splits.
+        return X, _checked_y(y, task, where)
     with np.errstate(over="ignore"):
         X = X.astype(np.float32)
-    bad = ~np.isfinite(X)
-    if bad.any():
-        row = int(np.argwhere(bad)[0][0])
-        raise DataError(f"{where}: X has {int(bad.sum())} NaN/Inf values or values beyond float32 "
-                        f"(first in row {row})")
+    # Row blocks: a boolean mask of the whole set would be a quarter of its size again.
+    for start in range(0, len(X), ROW_BLOCK):
+        if not np.isfinite(X[start:start + ROW_BLOCK]).all():
+            bad = ~np.isfinite(X)
+            row = int(np.argwhere(bad)[0][0])
+            raise DataError(f"{where}: X has {int(bad.sum())} NaN/Inf values or values beyond "
+                            f"float32 (first in row {row})")
+    return X, _checked_y(y, task, where)
+
+
+def _checked_y(y: np.ndarray, task: str, where: str) -> np.ndarray:
     if task == "classification":
         if y.ndim != 1 or y.dtype.kind not in "iu":
             raise DataError(f"{where}: classification y must be class indices [N], got "
@@ -116,7 +133,7 @@ def check_arrays(X: np.ndarray, y: np.ndarray, task: str, where: str) -> tuple[A
         if not np.all(np.isfinite(y)):
             raise DataError(f"{where}: y has {int((~np.isfinite(y)).sum())} NaN/Inf values")
         y = y.reshape(y.shape[0], -1)
-    return X, y
+    return y
 
 
 def split_indices(n: int, cal: float, test: float, seed: int) -> tuple[np.ndarray, ...]:
@@ -212,23 +229,41 @@ def _digits(config: DataConfig) -> Dataset:
     )
 
 
-def _regression_shift(X: Array, intensity: float, seed: int) -> Array:
+def _regression_shift(X: Array, intensity: float, seed: int, scale: Array | None = None) -> Array:
+    """``X`` plus Gaussian noise of ``intensity`` x each feature's std. Drawn ``ROW_BLOCK``
+    rows at a time: the generator fills values in the same order, so the set is the same as
+    one draw of the whole shape, without its float64 copies."""
     rng = np.random.default_rng(seed)
-    scale = X.std(axis=0, keepdims=True)
-    return (X + rng.normal(0.0, 1.0, size=X.shape) * scale * intensity).astype(np.float32)
+    scale = feature_std(X) if scale is None else scale
+    out = np.empty(X.shape, dtype=np.float32)
+    for start in range(0, len(X), ROW_BLOCK):
+        rows = X[start:start + ROW_BLOCK]
+        out[start:start + len(rows)] = rows + rng.normal(0.0, 1.0, size=rows.shape) * scale * intensity
+    return out
 
 
-def tabular_dataset(name: str, X: Array, y: np.ndarray, task: str, config: DataConfig,
+def tabular_dataset(name: str, X: np.ndarray, y: np.ndarray, task: str, config: DataConfig,
              labels: tuple[str, ...], ood: dict[str, Array]) -> Dataset:
     tr, ca, te, seed = evaluation_split(config, len(X))
+
+    def cut(rows: np.ndarray) -> Split:  # float32 rows (X may still be small integers)
+        return Split(X[rows].astype(np.float32), y[rows])
+
+    train, test = cut(tr), cut(te)
     if not ood:
         # Far outside the training range in every feature: an extrapolation set.
-        spread = X[tr].std(axis=0, keepdims=True) + 1e-6
+        spread = feature_std(train.X) + 1e-6
         rng = np.random.default_rng(seed + 1)
         signs = rng.choice([-1.0, 1.0], size=(len(te), *X.shape[1:]))
-        ood = {"extrapolation": (X[te] + 4.0 * spread * signs).astype(np.float32)}
+        far = np.empty(test.X.shape, dtype=np.float32)
+        for start in range(0, len(te), ROW_BLOCK):
+            block = slice(start, start + ROW_BLOCK)
+            far[block] = test.X[block] + 4.0 * spread * signs[block]
+        ood = {"extrapolation": far}
+        del signs
+    test_std = feature_std(test.X)
     shift = {
-        float(s): Split(_regression_shift(X[te], s, seed + 2), y[te])
+        float(s): Split(_regression_shift(test.X, s, seed + 2, test_std), test.y)
         for s in (0.0, 0.5, 1.0, 2.0)
     }
     return Dataset(
@@ -236,9 +271,9 @@ def tabular_dataset(name: str, X: Array, y: np.ndarray, task: str, config: DataC
         task=task,
         feature_shape=tuple(X.shape[1:]),
         class_labels=labels,
-        train=Split(X[tr], y[tr]),
-        calibration=Split(X[ca], y[ca]),
-        test=Split(X[te], y[te]),
+        train=train,
+        calibration=cut(ca),
+        test=test,
         ood=ood,
         shift=shift,
     )

@@ -35,7 +35,12 @@ def value_resolution(X: Array, max_rows: int = 20000, max_decimals: int = 6) -> 
     return resolution.astype(np.float32)
 
 
-def feature_stats(X: Array) -> tuple[Array, Array]:
+# Features per pass of ``feature_stats``: its temporaries are rows x this many values, not
+# rows x every feature (a CIFAR-sized set's would be several times the set itself).
+STATS_FEATURES = 256
+
+
+def feature_stats(X: Array, chunk: int = STATS_FEATURES) -> tuple[Array, Array]:
     """Per-feature mean and scale of the training inputs, for the in-graph normalization.
 
     The scale is each feature's own std, but never below the step its values are recorded in
@@ -43,9 +48,33 @@ def feature_stats(X: Array) -> tuple[Array, Array]:
     images) would otherwise turn a one-step change there into a many-sigma input, while a
     feature measured on a small scale (0.05 to 0.1, in steps of 1e-4) keeps its full
     resolution. A constant feature is scaled by max(|value|, 1). Each rule looks at the
-    feature alone, so features in other units never change each other's scale.
+    feature alone, so features in other units never change each other's scale, and computing
+    them ``chunk`` features at a time bounds the temporaries. With chunks this wide numpy
+    still sums each feature over the rows in row order, so the bits are those of one pass
+    over all features (a test checks on image-sized and mixed sets).
     """
     X = X.reshape(X.shape[0], -1)
+    features = X.shape[1]
+    mean = np.empty(features, dtype=np.float32)
+    scale = np.empty(features, dtype=np.float32)
+    for start in range(0, features, chunk):
+        part = slice(start, start + chunk)
+        mean[part], scale[part] = _feature_stats(X[:, part])
+    return mean, scale
+
+
+def feature_std(X: np.ndarray, chunk: int = STATS_FEATURES) -> Array:
+    """Each feature's std over the rows of ``X`` [N, *features], shaped [1, *features] like
+    ``X.std(axis=0, keepdims=True)`` and with its bits, ``chunk`` features at a time (the
+    temporaries are N x chunk values, not two copies of ``X``)."""
+    flat = X.reshape(X.shape[0], -1)
+    out = np.empty(flat.shape[1], dtype=np.result_type(X.dtype, np.float16))
+    for start in range(0, flat.shape[1], chunk):
+        out[start:start + chunk] = flat[:, start:start + chunk].std(axis=0)
+    return out.reshape(1, *X.shape[1:])
+
+
+def _feature_stats(X: Array) -> tuple[Array, Array]:
     mean = X.mean(axis=0).astype(np.float32)
     std = X.std(axis=0)
     std = np.where(std <= 1e-6 * np.maximum(np.abs(mean), 1.0), 0.0, std)  # float32 rounding only

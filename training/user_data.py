@@ -159,9 +159,9 @@ def _read_file(path: Path, target: str) -> tuple[np.ndarray, np.ndarray | None]:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
-def _read_images(files: list[Path], config: DataConfig, where: str) -> Array:
-    """[N, C, H, W] float32 pixel values 0-255; every file resized to ``data.image_size`` or
-    required to share one size."""
+def _read_images(files: list[Path], config: DataConfig, where: str) -> np.ndarray:
+    """[N, C, H, W] uint8 pixel values 0-255 (a quarter of float32's size until the splits
+    are cut); every file resized to ``data.image_size`` or required to share one size."""
     from PIL import Image, UnidentifiedImageError
 
     if config.channels not in (1, 3):
@@ -169,19 +169,19 @@ def _read_images(files: list[Path], config: DataConfig, where: str) -> Array:
     if config.image_size and len(config.image_size) != 2:
         raise DataError(f"data.image_size must be [height, width], got {list(config.image_size)}")
     mode = "L" if config.channels == 1 else "RGB"
-    out: Array | None = None
+    out: np.ndarray | None = None
     for i, file in enumerate(files):
         try:
             with Image.open(file) as img:
                 img = img.convert(mode)
                 if config.image_size:
                     img = img.resize((config.image_size[1], config.image_size[0]), Image.BILINEAR)
-                pixels = np.asarray(img, dtype=np.float32)
+                pixels = np.asarray(img, dtype=np.uint8)  # modes L and RGB: 8 bits a channel
         except (OSError, UnidentifiedImageError) as exc:
             raise DataError(f"{file}: not an image that can be read: {exc}") from exc
         pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)  # [C, H, W]
         if out is None:
-            out = np.empty((len(files), *pixels.shape), dtype=np.float32)
+            out = np.empty((len(files), *pixels.shape), dtype=np.uint8)
         elif pixels.shape != out.shape[1:]:
             raise DataError(f"{file}: {pixels.shape[2]}x{pixels.shape[1]} pixels, the first image of "
                             f"{where} has {out.shape[3]}x{out.shape[2]}; set data.image_size = "
@@ -219,7 +219,7 @@ def load_image_folder(config: DataConfig) -> Dataset:
         if X_ood.shape[1:] != X.shape[1:]:
             raise DataError(f"{config.ood_path}: images of shape {list(X_ood.shape[1:])}, expected "
                             f"{list(X.shape[1:])} like the training images")
-        ood = {Path(config.ood_path).name + "_ood": X_ood}
+        ood = {Path(config.ood_path).name + "_ood": X_ood.astype(np.float32)}
     data = tabular_dataset(root.name, X, y, task, config, names, ood)
     return replace(data, preprocessing={"input": f"image [{X.shape[1]}, {X.shape[2]}, {X.shape[3]}] "
                                                  "(channels, height, width), pixel values 0-255"})
