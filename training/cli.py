@@ -39,7 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("results", help="rewrite the README's result tables from the runs' reports")
     p.add_argument("--repository", type=Path, default=Path("models"))
     p.add_argument("--readme", type=Path, default=Path("README.md"))
-    p.add_argument("--only", nargs="*", help="section names (digits, diabetes, ablation, tabular)")
+    from training.results import SECTIONS  # standard library only: cheap to import here
+
+    p.add_argument("--only", nargs="*", choices=[s.name for s in SECTIONS], metavar="SECTION",
+                   help=f"section names ({', '.join(s.name for s in SECTIONS)})")
     p.add_argument("--check", action="store_true",
                    help="rewrite nothing; exit 1 when a section differs from its source")
     p.add_argument("-v", "--verbose", action="store_true")

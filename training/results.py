@@ -198,6 +198,22 @@ def render_resnet_heads(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_transfer_memory(summary: dict[str, Any]) -> str:
+    results = summary["results"]
+    machine = summary["machine"]
+    shape = "x".join(map(str, summary["image_shape"]))
+    lines = [f"Peak resident memory of one training process on {summary['rows']:,} x {shape} uint8 "
+             f"images, {summary['classes']} classes ({machine['cpus']} CPUs, {machine['cpu']}, Python "
+             f"{machine['python']}), with the transfer set materialized (the default) and streamed "
+             "(`distill.transfer.stream = true`):", ""]
+    stages = list(next(iter(results.values()))["peak_rss_mb_by_stage"])[1:]
+    rows = [[mode, *(f"{r['peak_rss_mb_by_stage'][k]:,.0f} MB" for k in stages),
+             f"{r['transfer_inputs_per_epoch']:,}"] for mode, r in results.items()]
+    lines += _table(["transfer set", *(f"peak {k}" for k in stages), "transfer inputs an epoch"], rows)
+    lines += ["", f"Materialized / streamed peak: **{summary['peak_rss_ratio_materialized_over_streamed']:.2f}x**."]
+    return "\n".join(lines)
+
+
 def render_seed_spread(summary: dict[str, Any]) -> str:
     runs = summary["runs"]
     keys = list(runs[0]["goals"])
@@ -338,6 +354,9 @@ SECTIONS = (
             _json(render_resnet_heads), "benchmarks/results/resnet_heads.json, written by benchmarks/resnet_heads.py"),
     Section("tabular", lambda repo, root: root / "benchmarks" / "results" / "tabular.json",
             _json(render_tabular), "benchmarks/results/tabular.json, written by benchmarks/tabular_check.py"),
+    Section("memory", lambda repo, root: root / "benchmarks" / "results" / "transfer_memory.json",
+            _json(render_transfer_memory),
+            "benchmarks/results/transfer_memory.json, written by benchmarks/bench_transfer_memory.py"),
 )
 
 

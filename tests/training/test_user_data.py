@@ -152,3 +152,23 @@ def test_value_resolution_reads_the_recording_step() -> None:
     X = np.array([[3.0, 13.72, 0.0512, np.pi], [0.0, 12.5, 0.1, np.e], [16.0, 14.01, 0.0777, 1.0 / 3.0]],
                  dtype=np.float32)
     np.testing.assert_allclose(value_resolution(X), [1.0, 0.01, 1e-4, 0.0], rtol=1e-6)
+
+
+def test_uint8_pixels_give_the_same_data_set_as_the_same_pixels_in_float32(tmp_path: Path) -> None:
+    """Small integers are kept as they are until the splits are cut, where the float32 array
+    was cut before: the splits, the extrapolation and shift sets and the digest are the same
+    bytes either way, and every split is float32."""
+    rng = np.random.default_rng(3)
+    X = rng.integers(0, 256, size=(600, 3, 8, 8), dtype=np.uint8)
+    y = rng.integers(0, 4, size=600)
+    np.savez(tmp_path / "u8.npz", X=X, y=y)
+    np.savez(tmp_path / "f32.npz", X=X.astype(np.float32), y=y)
+    a, b = (load_dataset(DataConfig(source="npz", path=str(tmp_path / f"{n}.npz"), task="classification"))
+            for n in ("u8", "f32"))
+    assert a.digest() == b.digest()
+    for sa, sb in [(a.train, b.train), (a.calibration, b.calibration), (a.test, b.test),
+                   *[(a.shift[k], b.shift[k]) for k in b.shift]]:
+        assert sa.X.dtype == np.float32 and sa.X.tobytes() == sb.X.tobytes()
+    assert a.ood.keys() == b.ood.keys() == {"extrapolation"}
+    assert a.ood["extrapolation"].tobytes() == b.ood["extrapolation"].tobytes()
+    assert a.train.X.min() >= 0 and a.train.X.max() <= 255
