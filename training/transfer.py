@@ -115,9 +115,19 @@ def copies_of(cfg: TransferConfig, images: bool) -> int:
     return cfg.copies if varied else 0
 
 
+# Training rows per block while the copies are made: the float64 temporaries of the noise and
+# the mixup are this many rows, not copies x N rows, and each copy is written as float32
+# straight into the set (it was held as float64 and concatenated: several times the set).
+TRANSFER_ROWS = 2048
+
+
 def build_transfer_inputs(X_train: np.ndarray, teacher: Ensemble | FileEnsemble, cfg: TransferConfig,
                           rt: Runtime) -> tuple[np.ndarray, np.ndarray]:
-    """Raw transfer inputs [N', *feature_shape] and a mask [N'] of the original training rows."""
+    """Raw transfer inputs [N', *feature_shape] and a mask [N'] of the original training rows.
+
+    The rows, copies (augmented images, mixup, noise, ascent) and uniform inputs are drawn in
+    the same order and computed with the same dtypes as if each copy were made whole, block by
+    block of training rows, so the set has the same bits either way (a test checks)."""
     rng = np.random.default_rng(cfg.seed)
     n = X_train.shape[0]
     shape = X_train.shape[1:]
@@ -130,23 +140,38 @@ def build_transfer_inputs(X_train: np.ndarray, teacher: Ensemble | FileEnsemble,
     # The ascent needs gradients through the members, which ONNX Runtime does not give.
     ascent = cfg.perturb_steps > 0 and getattr(teacher, "differentiable", True)
     images = image_augmented(cfg, shape)
-    parts = [flat]
-    for _ in range(copies_of(cfg, images)):
+    copies = copies_of(cfg, images)
+    k = int(round(cfg.uniform_fraction * n)) if cfg.uniform_fraction > 0 else 0
+    X = np.empty((n * (1 + copies) + k, flat.shape[1]), dtype=np.float32)
+    X[:n] = flat
+    for c in range(copies):
         base = augment_images(X_train, cfg, rng).reshape(n, -1) if images else flat
-        z = (base - mean) / std  # [n, d]
+        lam = perm = None
         if cfg.mixup_alpha > 0:
             lam = rng.beta(cfg.mixup_alpha, cfg.mixup_alpha, size=(n, 1))
-            z = lam * z + (1 - lam) * z[rng.permutation(n)]
-        if cfg.noise_std > 0:
-            z = z + rng.normal(0.0, cfg.noise_std, size=z.shape)
-        if ascent:
-            z = _disagreement_ascent(teacher, torch.as_tensor(z, dtype=torch.float32), cfg, rt).numpy()
-        parts.append(z * std + mean)
-    if cfg.uniform_fraction > 0:
+            perm = rng.permutation(n)
+        moved = np.empty((n, flat.shape[1]), dtype=np.float32) if ascent else None
+        into = X[n * (1 + c):n * (2 + c)]
+        for start in range(0, n, TRANSFER_ROWS):
+            rows = slice(start, start + TRANSFER_ROWS)
+            z = (base[rows] - mean) / std  # [b, d]
+            if lam is not None and perm is not None:
+                z = lam[rows] * z + (1 - lam[rows]) * ((base[perm[rows]] - mean) / std)
+            if cfg.noise_std > 0:
+                z = z + rng.normal(0.0, cfg.noise_std, size=z.shape)
+            if moved is not None:
+                moved[rows] = z  # the ascent starts from float32 inputs
+            else:
+                into[rows] = z * std + mean
+        if moved is not None:
+            z = _disagreement_ascent(teacher, torch.as_tensor(moved), cfg, rt).numpy()
+            into[:] = z * std + mean
+    if k:
         lo, hi = flat.min(axis=0), flat.max(axis=0)
-        k = int(round(cfg.uniform_fraction * n))
-        parts.append(rng.uniform(lo, hi, size=(k, flat.shape[1])))
-    X = np.concatenate(parts).astype(np.float32).reshape(-1, *shape)
+        for start in range(0, k, TRANSFER_ROWS):
+            rows = min(TRANSFER_ROWS, k - start)
+            X[n * (1 + copies) + start:][:rows] = rng.uniform(lo, hi, size=(rows, flat.shape[1]))
+    X = X.reshape(-1, *shape)
     original = np.zeros(X.shape[0], dtype=bool)
     original[:n] = True
     log.info("transfer set: %d inputs (%d training, %d added)", X.shape[0], n, X.shape[0] - n)
