@@ -55,7 +55,8 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("training_samples_per_s"):
         lines += ["## Training throughput", "", f"On {report.get('device', '?')} (world size "
                   f"{report.get('world_size', 1)}); stages loaded from a checkpoint are not listed.", ""]
-        lines += _table(["stage", "samples/s"], [[k, v] for k, v in report["training_samples_per_s"].items()])
+        lines += _table(["stage", "samples/s"],
+                        [[k, f"{v:,.0f}"] for k, v in report["training_samples_per_s"].items()])
     if "goals" in report and report["goals"]:
         lines += ["## Goals", ""]
         lines += _table(["goal", "value", "target", "met"],
