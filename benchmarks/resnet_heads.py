@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from train_run import train_and_publish  # noqa: E402
+from train_run import fidelity, train_and_publish  # noqa: E402
 
 CONFIG = ROOT / "configs" / "digits_resnet.toml"
 HEADS = ("linear", "block")
@@ -40,16 +40,7 @@ def run(head: str, overrides: list[str], tmp: Path) -> dict:
         "head": head,
         "wall_s": round(time.perf_counter() - started, 1),
         "members_loaded_from_first_run": members_loaded,
-        "test": {m: {k: report["test"][m][k] for k in ("accuracy", "nll")} for m in ("ensemble", "kd", "hydra")},
-        "ood_auroc_model": {
-            name: {"ensemble": entry["ensemble"]["model_uncertainty"]["auroc"],
-                   "hydra": entry["hydra"]["model_uncertainty"]["auroc"],
-                   "ratio": entry["hydra_over_ensemble_auroc"]["model_uncertainty"]}
-            for name, entry in report["ood_detection"].items()},
-        "parameters": report["parameters"],
-        "training_samples_per_s": report["training_samples_per_s"],
-        "machine": report["machine"],
-        "device": report["device"],
+        **fidelity(report),
     }
 
 

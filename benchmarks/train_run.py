@@ -1,5 +1,6 @@
 """``hydra-train run`` as a benchmark step: a config, overrides and scratch folders in, the
-published version folder and its report out (training runs in its own process)."""
+published version folder and its report out (training runs in its own process), and the
+figures of a report that the benchmarks compare."""
 
 from __future__ import annotations
 
@@ -22,3 +23,20 @@ def train_and_publish(config: Path, repository: Path, runs_dir: Path, overrides:
                          f"({done.returncode}):\n{done.stderr[-3000:]}")
     version = Path(done.stdout.strip().splitlines()[-1])  # hydra-train prints the published folder
     return version, json.loads((version / "report.json").read_text())
+
+
+def fidelity(report: dict) -> dict:
+    """Test accuracy and NLL of ensemble, KD student and Hydra; the OOD AUROC of model
+    uncertainty per OOD set with its Hydra/ensemble ratio; parameters and samples/s."""
+    return {
+        "test": {m: {k: report["test"][m][k] for k in ("accuracy", "nll")} for m in ("ensemble", "kd", "hydra")},
+        "ood_auroc_model": {
+            name: {"ensemble": entry["ensemble"]["model_uncertainty"]["auroc"],
+                   "hydra": entry["hydra"]["model_uncertainty"]["auroc"],
+                   "ratio": entry["hydra_over_ensemble_auroc"]["model_uncertainty"]}
+            for name, entry in report["ood_detection"].items()},
+        "parameters": report["parameters"],
+        "training_samples_per_s": report["training_samples_per_s"],
+        "machine": report["machine"],
+        "device": report["device"],
+    }

@@ -198,6 +198,33 @@ def render_resnet_heads(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_external_members(summary: dict[str, Any]) -> str:
+    runs = summary["runs"]
+    ood = list(runs[0]["ood_auroc_model"])
+    lines = [f"`{summary['config']}` (members trained elsewhere, on other digits) distilled three "
+             f"ways on {runs[0]['device']}. Goals: accuracy within {ACCURACY_GAP_GOAL:g} point of "
+             f"the ensemble, OOD AUROC of model uncertainty at least {AUROC_RATIO_GOAL:g} x the "
+             "ensemble's (figures in bold miss them).", ""]
+    header = ["members", "ensemble accuracy", "Hydra accuracy", "gap (points)"]
+    for k in ood:
+        name = k.replace("_", " ")
+        header += [f"AUROC {name}, ensemble", f"AUROC {name}, Hydra", "ratio"]
+    rows = []
+    for run in runs:
+        t = run["test"]
+        gap = 100 * (t["ensemble"]["accuracy"] - t["hydra"]["accuracy"])
+        cells = [run["run"], _f(t["ensemble"]["accuracy"], 4), _f(t["hydra"]["accuracy"], 4),
+                 f"{gap:.2f}" if gap <= ACCURACY_GAP_GOAL else f"**{gap:.2f}**"]
+        for k in ood:
+            entry = run["ood_auroc_model"][k]
+            ratio = entry["ratio"]
+            cells += [_f(entry["ensemble"], 3), _f(entry["hydra"], 3),
+                      _f(ratio, 3) if ratio >= AUROC_RATIO_GOAL else f"**{_f(ratio, 3)}**"]
+        rows.append(cells)
+    lines += _table(header, rows)
+    return "\n".join(lines)
+
+
 def render_transfer_memory(summary: dict[str, Any]) -> str:
     results = summary["results"]
     machine = summary["machine"]
@@ -354,6 +381,9 @@ SECTIONS = (
             _json(render_resnet_heads), "benchmarks/results/resnet_heads.json, written by benchmarks/resnet_heads.py"),
     Section("tabular", lambda repo, root: root / "benchmarks" / "results" / "tabular.json",
             _json(render_tabular), "benchmarks/results/tabular.json, written by benchmarks/tabular_check.py"),
+    Section("members", lambda repo, root: root / "benchmarks" / "results" / "external_members.json",
+            _json(render_external_members),
+            "benchmarks/results/external_members.json, written by benchmarks/external_members.py"),
     Section("memory", lambda repo, root: root / "benchmarks" / "results" / "transfer_memory.json",
             _json(render_transfer_memory),
             "benchmarks/results/transfer_memory.json, written by benchmarks/bench_transfer_memory.py"),
