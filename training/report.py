@@ -38,6 +38,24 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return out + [""]
 
 
+def _ood_hint(report: dict[str, Any]) -> str | None:
+    """What to try when the Hydra detects an OOD set worse than the ensemble does and the run
+    made no ascent inputs: that is where the members' disagreement far from the training rows
+    reaches the Hydra."""
+    missed = [k.split("/", 1)[1] for k, g in report["goals"].items()
+              if k.startswith("auroc_ratio_model_ood/") and g["met"] is False]
+    transfer = report.get("transfer", {})
+    steps = report.get("config", {}).get("distill", {}).get("transfer", {}).get("perturb_steps", 0)
+    applied = steps > 0 and not any("perturb_steps" in s for s in transfer.get("ignored_settings", []))
+    if not missed or applied or "rows_given" in transfer:  # a predictions file has no members to ascend
+        return None
+    return (f"The Hydra detects {', '.join(missed)} worse than the ensemble, and this run made no "
+            "disagreement-ascent inputs. The ascent (`distill.transfer.perturb_steps`, for example 3) "
+            "moves transfer inputs toward more member disagreement, which is where inputs far from "
+            "the training rows get their uncertainty; it needs members with gradients (trained here, "
+            "or given as `.pt2` or state-dict files: not ONNX files) and a materialized transfer set.")
+
+
 def markdown(report: dict[str, Any]) -> str:
     models = [m for m in MODELS if m in report["test"]]
     lines = [f"# Evaluation report: {report.get('name', '')}", "",
@@ -61,6 +79,9 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["## Goals", ""]
         lines += _table(["goal", "value", "target", "met"],
                         [[k, g["value"], g["target"], g["met"]] for k, g in report["goals"].items()])
+        hint = _ood_hint(report)
+        if hint:
+            lines += [hint, ""]
     if "fidelity" in report:
         lines += ["## Fidelity to the ensemble's uncertainty (per input)", "",
                   "Mean absolute error and Spearman correlation between each student's and the "
