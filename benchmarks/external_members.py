@@ -21,7 +21,6 @@ model uncertainty with its Hydra/ensemble ratio.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from train_run import fidelity, train_and_publish  # noqa: E402
+from train_run import fidelity, fidelity_line, train_and_publish, write_result  # noqa: E402
 
 CONFIG = ROOT / "configs" / "example_members.toml"
 DATA = ROOT / "examples" / "data"
@@ -60,15 +59,8 @@ def main() -> int:
                          "wall_s": round(time.perf_counter() - started, 1), **fidelity(report)})
     result = {"config": str(CONFIG.relative_to(ROOT)), "runs": rows}
     for row in rows:
-        t = row["test"]
-        ratios = ", ".join(f"{k} {v['ensemble']:.3f} -> {v['hydra']:.3f} ({v['ratio']:.3f})"
-                           for k, v in row["ood_auroc_model"].items())
-        print(f"{row['run']}: accuracy ensemble {t['ensemble']['accuracy']:.4f}, Hydra "
-              f"{t['hydra']['accuracy']:.4f}; OOD AUROC of model uncertainty, ensemble -> Hydra "
-              f"(ratio): {ratios}; {row['wall_s']:.0f} s")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json}")
+        print(fidelity_line(row["run"], row))
+    write_result(args.json, result)
     return 0
 
 

@@ -16,7 +16,6 @@ training samples/s of each stage.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from train_run import fidelity, train_and_publish  # noqa: E402
+from train_run import fidelity, fidelity_line, train_and_publish, write_result  # noqa: E402
 
 CONFIG = ROOT / "configs" / "digits_resnet.toml"
 HEADS = ("linear", "block")
@@ -55,15 +54,8 @@ def main() -> int:
         raise SystemExit("the two runs distilled different ensembles: their test figures differ")
     result = {"config": str(CONFIG.relative_to(ROOT)), "overrides": args.overrides, "runs": rows}
     for row in rows:
-        t = row["test"]
-        gap = 100 * (t["ensemble"]["accuracy"] - t["hydra"]["accuracy"])
-        ratios = ", ".join(f"{k} {v['ratio']:.3f}" for k, v in row["ood_auroc_model"].items())
-        print(f"{row['head']:>6} heads: accuracy ensemble {t['ensemble']['accuracy']:.4f}, Hydra "
-              f"{t['hydra']['accuracy']:.4f} (gap {gap:.2f} points); AUROC ratios {ratios}; "
-              f"parameters Hydra {row['parameters']['hydra']:,} / member {row['parameters']['member']:,}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json}")
+        print(fidelity_line(f"{row['head']} heads", row))
+    write_result(args.json, result)
     return 0
 
 

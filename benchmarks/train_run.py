@@ -25,6 +25,23 @@ def train_and_publish(config: Path, repository: Path, runs_dir: Path, overrides:
     return version, json.loads((version / "report.json").read_text())
 
 
+def fidelity_line(label: str, row: dict) -> str:
+    """One printed line of a ``fidelity`` row: accuracies, the gap and the AUROC ratios."""
+    t = row["test"]
+    gap = 100 * (t["ensemble"]["accuracy"] - t["hydra"]["accuracy"])
+    ratios = ", ".join(f"{k} {v['ensemble']:.3f} -> {v['hydra']:.3f} ({v['ratio']:.3f})"
+                       for k, v in row["ood_auroc_model"].items())
+    return (f"{label}: accuracy ensemble {t['ensemble']['accuracy']:.4f}, Hydra {t['hydra']['accuracy']:.4f} "
+            f"(gap {gap:.2f} points); OOD AUROC of model uncertainty, ensemble -> Hydra (ratio): {ratios}; "
+            f"parameters Hydra {row['parameters']['hydra']:,} / member {row['parameters']['member']:,}")
+
+
+def write_result(path: Path, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
 def fidelity(report: dict) -> dict:
     """Test accuracy and NLL of ensemble, KD student and Hydra; the OOD AUROC of model
     uncertainty per OOD set with its Hydra/ensemble ratio; parameters and samples/s."""

@@ -229,12 +229,11 @@ def _digits(config: DataConfig) -> Dataset:
     )
 
 
-def _regression_shift(X: Array, intensity: float, seed: int, scale: Array | None = None) -> Array:
-    """``X`` plus Gaussian noise of ``intensity`` x each feature's std. Drawn ``ROW_BLOCK``
-    rows at a time: the generator fills values in the same order, so the set is the same as
-    one draw of the whole shape, without its float64 copies."""
+def _regression_shift(X: Array, intensity: float, seed: int, scale: Array) -> Array:
+    """``X`` plus Gaussian noise of ``intensity`` x ``scale`` (each feature's std, [1, ...]).
+    Drawn ``ROW_BLOCK`` rows at a time: the generator fills values in the same order, so the
+    set is the same as one draw of the whole shape, without its float64 copies."""
     rng = np.random.default_rng(seed)
-    scale = feature_std(X) if scale is None else scale
     out = np.empty(X.shape, dtype=np.float32)
     for start in range(0, len(X), ROW_BLOCK):
         rows = X[start:start + ROW_BLOCK]

@@ -68,10 +68,8 @@ def feature_std(X: np.ndarray, chunk: int = STATS_FEATURES) -> Array:
     ``X.std(axis=0, keepdims=True)`` and with its bits, ``chunk`` features at a time (the
     temporaries are N x chunk values, not two copies of ``X``)."""
     flat = X.reshape(X.shape[0], -1)
-    out = np.empty(flat.shape[1], dtype=np.result_type(X.dtype, np.float16))
-    for start in range(0, flat.shape[1], chunk):
-        out[start:start + chunk] = flat[:, start:start + chunk].std(axis=0)
-    return out.reshape(1, *X.shape[1:])
+    parts = [flat[:, start:start + chunk].std(axis=0) for start in range(0, flat.shape[1], chunk)]
+    return np.concatenate(parts).reshape(1, *X.shape[1:])
 
 
 def _feature_stats(X: Array) -> tuple[Array, Array]:

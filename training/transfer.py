@@ -150,7 +150,6 @@ def build_transfer_inputs(X_train: np.ndarray, teacher: Ensemble | FileEnsemble,
         if cfg.mixup_alpha > 0:
             lam = rng.beta(cfg.mixup_alpha, cfg.mixup_alpha, size=(n, 1))
             perm = rng.permutation(n)
-        moved = np.empty((n, flat.shape[1]), dtype=np.float32) if ascent else None
         into = X[n * (1 + c):n * (2 + c)]
         for start in range(0, n, TRANSFER_ROWS):
             rows = slice(start, start + TRANSFER_ROWS)
@@ -159,13 +158,13 @@ def build_transfer_inputs(X_train: np.ndarray, teacher: Ensemble | FileEnsemble,
                 z = lam[rows] * z + (1 - lam[rows]) * ((base[perm[rows]] - mean) / std)
             if cfg.noise_std > 0:
                 z = z + rng.normal(0.0, cfg.noise_std, size=z.shape)
-            if moved is not None:
-                moved[rows] = z  # the ascent starts from float32 inputs
-            else:
-                into[rows] = z * std + mean
-        if moved is not None:
-            z = _disagreement_ascent(teacher, torch.as_tensor(moved), cfg, rt).numpy()
-            into[:] = z * std + mean
+            # With the ascent, ``into`` holds the normalized float32 inputs it starts from.
+            into[rows] = z if ascent else z * std + mean
+        if ascent:
+            moved = _disagreement_ascent(teacher, torch.as_tensor(into), cfg, rt).numpy()
+            for start in range(0, n, TRANSFER_ROWS):
+                rows = slice(start, start + TRANSFER_ROWS)
+                into[rows] = moved[rows] * std + mean
     if k:
         lo, hi = flat.min(axis=0), flat.max(axis=0)
         for start in range(0, k, TRANSFER_ROWS):

@@ -29,6 +29,9 @@ class V1PredictRequest(BaseModel):
     parameters: V1Parameters = Field(default_factory=V1Parameters)
 
 
+V1_PREDICT_REQUEST: TypeAdapter[V1PredictRequest] = TypeAdapter(V1PredictRequest)
+
+
 class OodInfo(BaseModel):
     is_ood: bool
     score: float

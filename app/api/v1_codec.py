@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from app.api.parsing import check_structure, parse_body
-from app.api.schemas import V1PredictRequest
+from app.api.schemas import V1_PREDICT_REQUEST
 from app.api.tensors import (
     FloatBatch, body_budget, check_batch_size, check_response_size, numeric_array, to_float32,
 )
@@ -39,7 +39,7 @@ def decode_predict(raw: bytes, meta: ModelMetadata, settings: Settings) -> Predi
     the bound on the answer's size included."""
     budget = body_budget(meta.feature_shape, settings.max_instances)
     check_structure(raw, budget.max_values, budget.max_containers, budget.expected)
-    body = parse_body(raw, V1PredictRequest, EXPECTED)
+    body = parse_body(raw, V1_PREDICT_REQUEST, EXPECTED)
     batch = instances_to_batch(
         body.instances, meta.feature_shape, settings.max_instances,
         check_booleans=b"true" in raw or b"false" in raw,

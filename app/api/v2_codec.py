@@ -15,7 +15,7 @@ import numpy as np
 from starlette.responses import Response
 
 from app.api import binary_tensors
-from app.api.parsing import check_structure, parse_json, validate_body
+from app.api.parsing import check_structure, parse_body
 from app.api.responses import OrjsonResponse
 from app.api.schemas import V2_INFER_REQUEST, V2InferRequest
 from app.api.tensors import (
@@ -173,7 +173,7 @@ def decode_infer(
     header, binary = binary_tensors.split_body(raw, header_length)
     budget = body_budget(model.meta.feature_shape, settings.max_instances)
     check_structure(header, budget.max_values, budget.max_containers, budget.expected)
-    req = validate_body(parse_json(header), V2_INFER_REQUEST, EXPECTED)
+    req = parse_body(header, V2_INFER_REQUEST, EXPECTED)
     inputs = req["inputs"]
     if len(inputs) != 1 or inputs[0]["name"] != "input":
         raise InvalidInput(f"one input named 'input' expected, got {[t['name'] for t in inputs][:10]}")

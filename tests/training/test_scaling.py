@@ -68,7 +68,7 @@ def test_feature_std_and_shift_sets_in_blocks_equal_one_pass() -> None:
         for intensity in (0.0, 0.5, 2.0):
             draw = np.random.default_rng(11).normal(0.0, 1.0, size=X.shape)
             expected = (X + draw * X.std(axis=0, keepdims=True) * intensity).astype(np.float32)
-            got = _regression_shift(X, intensity, 11)
+            got = _regression_shift(X, intensity, 11, feature_std(X))
             assert got.dtype == np.float32 and got.tobytes() == expected.tobytes(), intensity
 
 
