@@ -6,12 +6,11 @@ format and the disagreement ascent do to the Hydra's OOD detection.
 Makes the example data if ``examples/data`` is not there yet (``examples/make_example_data.py``:
 PNG class folders, inverted digits as the OOD folder, 5 CNN members trained by a plain PyTorch
 script on the other half of the digits, as ``.onnx`` and ``.pt2``), then runs
-``configs/example_members.toml`` through ``hydra-train run`` with
-
-- the ONNX member files (ONNX Runtime gives no gradients, so no ascent can run),
-- the same members as ``torch.export`` files (``.pt2``), the same recipe,
-- the ``.pt2`` members with the disagreement ascent (``distill.transfer.perturb_steps``),
-  which moves transfer inputs toward more member disagreement through the members' gradients.
+``configs/example_members.toml`` through ``hydra-train run`` four ways: the ONNX member files
+and the same members as ``torch.export`` files (``.pt2``), each without and with the
+disagreement ascent (``distill.transfer.perturb_steps``, the config's default), which moves
+transfer inputs toward more member disagreement through the members' gradients (for the ONNX
+files, through their graphs translated to PyTorch).
 
 It prints and writes (default ``benchmarks/results/external_members.json``, the source of the
 README's ``members`` table) per run: test accuracy of ensemble and Hydra and the OOD AUROC of
@@ -25,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,11 +35,14 @@ from train_run import fidelity, fidelity_line, train_and_publish, write_result  
 CONFIG = ROOT / "configs" / "example_members.toml"
 DATA = ROOT / "examples" / "data"
 PT2 = "ensemble.models=[" + ", ".join(f'"examples/data/members/member_{m}.pt2"' for m in range(5)) + "]"
-ASCENT_STEPS = 3
+with CONFIG.open("rb") as f:
+    ASCENT_STEPS = tomllib.load(f)["distill"]["transfer"]["perturb_steps"]
+NO_ASCENT = "distill.transfer.perturb_steps=0"
 RUNS = {
-    "ONNX members": [],
-    ".pt2 members": [PT2],
-    f".pt2 members, ascent ({ASCENT_STEPS} steps)": [PT2, f"distill.transfer.perturb_steps={ASCENT_STEPS}"],
+    "ONNX members": [NO_ASCENT],
+    ".pt2 members": [PT2, NO_ASCENT],
+    f"ONNX members, ascent ({ASCENT_STEPS} steps)": [],
+    f".pt2 members, ascent ({ASCENT_STEPS} steps)": [PT2],
 }
 
 

@@ -18,8 +18,11 @@ its own normalization) and gives, for classification, logits ``[B, C]`` (or prob
 variance ``[B, D]``, in that order (a state dict of this project's network gives its own
 ``[B, 1, 2, D]``). PyTorch members always run in float32, never under autocast. One list may
 mix the formats. The disagreement ascent (``distill.transfer.perturb_steps``) needs gradients
-with respect to the inputs: it applies when every member is a PyTorch file (the gradients flow
-through the loaded programs) and is listed as not applied when any member is an ONNX file.
+with respect to the inputs. They flow through PyTorch members as loaded, and through an ONNX
+member's graph translated into torch operations (``training.onnx_graph``), checked at load
+against ONNX Runtime on training rows; its outputs still come from ONNX Runtime. When a
+member's graph has operators the translation does not cover, or the check fails, the ascent
+is listed as not applied, with the member and the reason.
 """
 
 from __future__ import annotations
@@ -39,11 +42,16 @@ from contract.onnxrt import session_options
 from training.config import ModelConfig
 from training.data import Dataset, DataError
 from training.networks import build_network, net_spec
+from training.onnx_graph import OnnxGraph, Unsupported, largest_difference, translate
 from training.scaling import feature_stats
 
 log = logging.getLogger(__name__)
 
 OUTPUT_KINDS = ("logits", "probabilities")
+# Largest difference (relative to the outputs' size) allowed between an ONNX member's torch
+# translation and ONNX Runtime on training rows before its gradients are used for the ascent.
+GRADIENT_PARITY = 1e-3
+PARITY_ROWS = 16
 # Suffix -> format name (as the report names it).
 FORMATS = {".onnx": "onnx", ".pt2": "torch.export", ".pt": "state_dict", ".pth": "state_dict"}
 
@@ -78,22 +86,60 @@ class MemberFile:
 
 
 class OnnxMember(MemberFile):
-    def __init__(self, path: Path) -> None:
-        self.path, self.format, self.differentiable = path, "onnx", False
+    """A member run in ONNX Runtime. Its graph translated into torch operations gives the
+    gradients for the ascent (``graph``; None, with ``no_gradients`` saying why, when the
+    graph cannot be translated or its translation does not match ONNX Runtime)."""
+
+    def __init__(self, path: Path, device: torch.device | None = None) -> None:
+        self.path, self.format = path, "onnx"
         self.session = _session(path)
         self.parameters = parameter_count(path)
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise DataError(f"{path}: a member must take one input, this one takes "
                             f"{[i.name for i in inputs]}")
+        self.graph: OnnxGraph | None = None
+        self.no_gradients = ""
+        self.parity: float | None = None  # the translation's largest difference from ONNX Runtime
+        try:
+            self.graph = translate(path).to(device or torch.device("cpu"))
+        except Unsupported as exc:
+            self.no_gradients = str(exc)
+        except Exception as exc:  # noqa: BLE001 - whatever the translation trips on, it is only for gradients
+            self.no_gradients = f"its graph could not be translated to torch: {str(exc)[:200]}"
+
+    @property  # type: ignore[override]
+    def differentiable(self) -> bool:
+        return self.graph is not None
 
     def outputs_available(self) -> int:
         return len(self.session.get_outputs())
 
+    def _ort(self, x: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(None, {self.session.get_inputs()[0].name: x})
+
+    def check_gradients(self, rows: np.ndarray) -> None:
+        """Keep the translation only if it gives ONNX Runtime's outputs on ``rows``."""
+        if self.graph is None:
+            return
+        feed = np.ascontiguousarray(rows, dtype=np.float32)
+        try:
+            worst = largest_difference(self.graph, feed, self._ort(feed))
+        except Exception as exc:  # a translated operator that fails on these shapes
+            self.graph, self.no_gradients = None, f"its torch translation fails: {str(exc)[:200]}"
+            return
+        self.parity = worst
+        if not worst <= GRADIENT_PARITY:  # NaN too
+            self.graph = None
+            self.no_gradients = (f"its torch translation differs from ONNX Runtime by {worst:.1e} "
+                                 f"(relative) on {len(feed)} training rows, more than {GRADIENT_PARITY:g}")
+
     def run(self, x: torch.Tensor) -> Any:
-        feed = {self.session.get_inputs()[0].name: x.detach().float().cpu().numpy()}
-        return tuple(torch.as_tensor(np.asarray(o, dtype=np.float32)).to(x.device)
-                     for o in self.session.run(None, feed))
+        if self.graph is not None and x.requires_grad and torch.is_grad_enabled():
+            with torch.autocast(device_type=x.device.type, enabled=False):  # float32, always
+                return self.graph(x.float())
+        outs = self._ort(x.detach().float().cpu().numpy())
+        return tuple(torch.as_tensor(np.asarray(o, dtype=np.float32)).to(x.device) for o in outs)
 
 
 class TorchMember(MemberFile):
@@ -186,6 +232,25 @@ class FileEnsemble(nn.Module):
         """Whether gradients reach the inputs through every member (the ascent needs them)."""
         return all(f.differentiable for f in self.files)
 
+    def summary(self) -> list[dict[str, Any]]:
+        """Per file, for the report: name, format, parameters and where gradients come from."""
+        out = []
+        for f in self.files:
+            if not isinstance(f, OnnxMember):
+                gradients = "PyTorch"
+            elif f.graph is not None:
+                gradients = f"ONNX graph translated to torch ({f.parity:.1e} from ONNX Runtime)"
+            else:
+                gradients = f"none: {f.no_gradients}"
+            out.append({"file": f.path.name, "format": f.format, "parameters": f.parameters,
+                        "gradients": gradients})
+        return out
+
+    def no_gradients(self) -> list[str]:
+        """Why gradients do not reach the inputs, one line per member that gives none."""
+        return [f"{f.path.name}: {f.no_gradients}" for f in self.files
+                if isinstance(f, OnnxMember) and not f.differentiable]
+
     def _check(self, member: MemberFile, data: Dataset) -> None:
         path = member.path
         want = 1 if self.task == "classification" else 2
@@ -206,6 +271,8 @@ class FileEnsemble(nn.Module):
         if tuple(outs.shape) != expected:
             raise DataError(f"{path}: outputs of shape {list(outs.shape)} for 2 rows, expected "
                             f"{list(expected)} ({self.out_dim} {'classes' if self.task == 'classification' else 'outputs'})")
+        if isinstance(member, OnnxMember):
+            member.check_gradients(data.train.X[:PARITY_ROWS])
 
     def _run_one(self, member: MemberFile, x: torch.Tensor) -> torch.Tensor:
         """One member's outputs on raw inputs x: [B, C] logits or [B, 2, D]."""
@@ -278,7 +345,7 @@ def load_member_files(paths: tuple[str, ...], data: Dataset, expected_members: i
     for p in files:
         fmt = FORMATS[p.suffix.lower()]
         if fmt == "onnx":
-            loaded.append(OnnxMember(p))
+            loaded.append(OnnxMember(p, device))
         elif fmt == "torch.export":
             loaded.append(_load_pt2(p, device))
         else:

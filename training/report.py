@@ -53,7 +53,8 @@ def _ood_hint(report: dict[str, Any]) -> str | None:
             "disagreement-ascent inputs. The ascent (`distill.transfer.perturb_steps`, for example 3) "
             "moves transfer inputs toward more member disagreement, which is where inputs far from "
             "the training rows get their uncertainty; it needs members with gradients (trained here, "
-            "or given as `.pt2` or state-dict files: not ONNX files) and a materialized transfer set.")
+            "PyTorch files, or ONNX files whose operators translate to PyTorch: the report's "
+            "ignored settings say why not) and a materialized transfer set.")
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -125,6 +126,9 @@ def markdown(report: dict[str, Any]) -> str:
             d = t["dropped_held_out_rows"]
             lines.append(f"Of {t['rows_given']} rows given, {d['calibration']} calibration and "
                          f"{d['test']} test rows were dropped: held-out inputs are never distilled on.")
+        for f in t.get("member_files", []):
+            lines.append(f"Member file {f['file']} ({f['format']}, {f['parameters']:,} parameters; "
+                         f"gradients for the disagreement ascent: {f.get('gradients', 'not recorded')}).")
         if t.get("ignored_settings"):
             lines.append("Settings that need the members themselves and were not applied: "
                          + ", ".join(t["ignored_settings"]) + ".")

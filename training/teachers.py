@@ -50,6 +50,8 @@ def teachers(data: Dataset, model: ModelConfig, ensemble: EnsembleConfig, distil
         formats = {f.format for f in members.files}
         source = "member ONNX files" if formats == {"onnx"} else "member files"
         members_key = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in ensemble.models]
+        # Whether the ascent can run decides the transfer set, so it is part of the key.
+        members_key.append(f"gradients: {members.differentiable}")
     else:
         members = train_ensemble(data, model, ensemble, rt, checkpoints)
         source, members_key = "members trained here", []
@@ -65,12 +67,11 @@ def teachers(data: Dataset, model: ModelConfig, ensemble: EnsembleConfig, distil
         "training_rows": int(original.sum()), "added_rows": int((~original).sum()),
         "uniform_rows": int(round(distill.transfer.uniform_fraction * len(data.train)))}
     if isinstance(members, FileEnsemble):
-        summary["member_files"] = [{"file": f.path.name, "format": f.format, "parameters": f.parameters}
-                                   for f in members.files]
+        summary["member_files"] = members.summary()
         if distill.transfer.perturb_steps > 0 and not members.differentiable:
-            summary["ignored_settings"] = ["distill.transfer.perturb_steps (no gradients through ONNX Runtime)"]
-            log.warning("member ONNX files: distill.transfer.perturb_steps cannot apply (no gradients "
-                        "through ONNX Runtime): ignored")
+            why = "; ".join(members.no_gradients())
+            summary["ignored_settings"] = [f"distill.transfer.perturb_steps (no gradients through {why})"]
+            log.warning("distill.transfer.perturb_steps cannot apply, no gradients through %s: ignored", why)
     return Teachers(members, TransferSet(X, outputs, y, original, key, summary))
 
 
@@ -91,8 +92,7 @@ def streamed(data: Dataset, members: Ensemble | FileEnsemble, source: str, disti
         "rows": len(inputs), "training_rows": n,
         "added_rows": len(inputs) - n, "uniform_rows": inputs.uniform}
     if isinstance(members, FileEnsemble):
-        summary["member_files"] = [{"file": f.path.name, "format": f.format, "parameters": f.parameters}
-                                   for f in members.files]
+        summary["member_files"] = members.summary()
     log.info("transfer set: streamed, %d inputs an epoch (%d training, %d added), %d loader workers",
              len(inputs), n, len(inputs) - n, distill.loader_workers)
     return TransferStream(inputs, members, members.num_heads, key, summary)

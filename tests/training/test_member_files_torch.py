@@ -9,12 +9,15 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from typing import Any
+
 import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from tests.training.test_members import _members as onnx_members
 from training.checkpoints import Checkpoints
 from training.config import ModelConfig, RunConfig, load_config
 from training.data import DataError, load_dataset
@@ -52,6 +55,31 @@ def export(model: nn.Module, path: Path, features: int = 64) -> str:
     program = torch.export.export(model.eval(), example, dynamic_shapes=({0: torch.export.Dim("batch")},))
     torch.export.save(program, str(path))
     return str(path)
+
+
+def export_onnx(model: nn.Module, path: Path, features: int = 64) -> str:
+    program = torch.onnx.export(model.eval(), (torch.randn(2, features),), input_names=["x"],
+                                dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True,
+                                external_data=False, verbose=False)
+    program.save(str(path))  # type: ignore[union-attr]
+    return str(path)
+
+
+def cumsum_member(path: Path, data: Any) -> Path:
+    """A linear member with a CumSum over its logits, an operator the torch translation does
+    not cover."""
+    rng = np.random.default_rng(0)
+    W = rng.normal(size=(data.feature_shape[0], data.num_classes)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["xw"]),
+         helper.make_node("CumSum", ["xw", "axis"], ["logits"])], "member",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", W.shape[0]])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", W.shape[1]])],
+        initializer=[numpy_helper.from_array(W, "W"), numpy_helper.from_array(np.array(1), "axis")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    onnx.save(model, str(path))
+    return path
 
 
 def _with_models(config: RunConfig, paths: list[str], **transfer: object) -> RunConfig:
@@ -167,7 +195,7 @@ def test_bad_torch_member_files_are_refused(tiny_config: RunConfig, tmp_path: Pa
         load_member_files((str(tmp_path / "m.h5"),), data, 1, "logits")
 
 
-def test_ascent_runs_through_torch_members_and_is_skipped_when_one_is_onnx(
+def test_ascent_runs_through_torch_and_onnx_members_and_is_skipped_when_one_does_not_translate(
         tiny_config: RunConfig, tmp_path: Path) -> None:
     data = load_dataset(tiny_config.data)
     pt2 = [export(Member(m), tmp_path / f"m{m}.pt2") for m in range(2)]
@@ -194,12 +222,52 @@ def test_ascent_runs_through_torch_members_and_is_skipped_when_one_is_onnx(
         return float((p - p.mean(1, keepdim=True)).abs().sum(-1).mean())
     assert disagreement(pushed) > disagreement(plain)
 
-    (tmp_path / "onnx").mkdir()
-    mixed = [pt2[0], onnx_members(tmp_path / "onnx", data, 1)[0]]
+    # The same members as ONNX files: the ascent runs through their graphs translated to
+    # torch and moves the copies as it does through the .pt2 programs (sign steps: equal
+    # wherever the two gradients' signs agree, which is almost everywhere).
+    onnx_files = [export_onnx(Member(m), tmp_path / f"m{m}.onnx") for m in range(2)]
+    through_onnx = transfer(onnx_files, 2)
+    assert "ignored_settings" not in through_onnx.summary
+    assert np.isclose(through_onnx.X, pushed.X, rtol=0, atol=1e-4).mean() > 0.999
+
+    # A member whose graph does not translate (CumSum): the ascent is not applied, and the
+    # report says through which member and why.
+    mixed = [pt2[0], str(cumsum_member(tmp_path / "cumsum.onnx", data))]
     t = transfer(mixed, 2)
-    assert t.summary["ignored_settings"] == ["distill.transfer.perturb_steps (no gradients through ONNX Runtime)"]
-    assert [f["format"] for f in t.summary["member_files"]] == ["torch.export", "onnx"]
+    assert t.summary["ignored_settings"] == [
+        "distill.transfer.perturb_steps (no gradients through cumsum.onnx: operators without a "
+        "PyTorch translation here: CumSum)"]
+    assert [(f["format"], f["gradients"]) for f in t.summary["member_files"]] == [
+        ("torch.export", "PyTorch"),
+        ("onnx", "none: operators without a PyTorch translation here: CumSum")]
     np.testing.assert_array_equal(t.X, plain.X)  # no ascent: the same inputs as without it
+    gradients = through_onnx.summary["member_files"][0]["gradients"]
+    assert gradients.startswith("ONNX graph translated to torch (") and gradients.endswith("from ONNX Runtime)")
+    assert float(gradients.split("(")[1].split()[0]) <= 1e-5
+
+
+def test_an_onnx_translation_that_disagrees_with_onnx_runtime_is_not_used(
+        tiny_config: RunConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = load_dataset(tiny_config.data)
+    path = export_onnx(Member(0), tmp_path / "m0.onnx")
+    config = _with_models(tiny_config, [path], perturb_steps=2)
+
+    def transfer():  # noqa: ANN202
+        return teachers(data, config.model, config.ensemble, config.distill, CPU,
+                        Checkpoints.of_run(config)).transfer
+
+    assert load_member_files((path,), data, 1, "logits").differentiable
+    ascended = transfer()
+    monkeypatch.setattr("training.members.largest_difference", lambda *a: 0.25)
+    ens = load_member_files((path,), data, 1, "logits")
+    assert not ens.differentiable
+    assert ens.no_gradients() == [
+        "m0.onnx: its torch translation differs from ONNX Runtime by 2.5e-01 (relative) on 16 "
+        "training rows, more than 0.001"]
+    # Without gradients the set has no ascent, so a checkpoint made with one is not reused.
+    plain = transfer()
+    assert plain.key != ascended.key
+    assert not np.array_equal(plain.X, ascended.X)
 
 
 @pytest.mark.slow
