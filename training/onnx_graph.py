@@ -4,15 +4,16 @@ ONNX Runtime computes a member's outputs but no gradients, and the disagreement 
 (``distill.transfer.perturb_steps``) needs the gradient of the members' disagreement with
 respect to the inputs. This module translates the nodes of an ONNX file one by one into
 ``torch`` calls over its initializers (the weights stay fixed), for the operators that
-classifiers and regressors exported from PyTorch, Keras or scikit-learn are made of:
+classifiers and regressors exported from PyTorch or Keras (tf2onnx) are made of:
 convolutions, pooling, normalization, dense layers, activations and the shape arithmetic
 around them. A graph with any other operator (control flow, another domain, ...) is refused
 with the operators' names, and its member keeps running in ONNX Runtime without gradients.
 
 The translation is only used for gradients: teacher outputs still come from ONNX Runtime,
 and ``training.members`` checks at load that the translation agrees with ONNX Runtime on real
-rows before it is used. (onnx2torch does this job in general but needs torchvision, which has
-no build for the CPU-only torch this project pins.)
+rows before it is used. (onnx2torch does this job in general but needs torchvision, and the
+torchvision wheel on PyPI for this torch version does not load beside the CPU build of torch
+that this project installs.)
 """
 
 from __future__ import annotations
