@@ -287,11 +287,6 @@ def validate(config: RunConfig) -> None:
     if config.distill.loader_workers < 0:
         raise ConfigError(f"distill.loader_workers must be >= 0, got {config.distill.loader_workers}")
     if config.distill.transfer.stream:
-        if config.distill.transfer.perturb_steps > 0:
-            raise ConfigError("distill.transfer.stream cannot apply the disagreement ascent "
-                              "(distill.transfer.perturb_steps > 0: gradient steps through every "
-                              "member on every batch of every epoch); set perturb_steps = 0 or "
-                              "stream = false")
         if config.ensemble.predictions:
             raise ConfigError("distill.transfer.stream needs the members themselves: a member "
                               "predictions file (ensemble.predictions) fixes the transfer inputs; "

@@ -54,7 +54,7 @@ def _ood_hint(report: dict[str, Any]) -> str | None:
             "moves transfer inputs toward more member disagreement, which is where inputs far from "
             "the training rows get their uncertainty; it needs members with gradients (trained here, "
             "PyTorch files, or ONNX files whose operators translate to PyTorch: the report's "
-            "ignored settings say why not) and a materialized transfer set.")
+            "ignored settings say why not); with a streamed transfer set it runs every epoch.")
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -119,9 +119,11 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["## Transfer set", "", f"Source: {t['source']}; {t['rows']} inputs, "
                   f"{t['training_rows']} of them training rows."]
         if t.get("mode") == "streamed":
+            steps = t.get("ascent_steps_per_batch", 0)
+            moved = f"; the copies of every batch moved by {steps} disagreement-ascent steps" if steps else ""
             lines.append(f"Streamed: the inputs are made and labelled batch by batch ({t['rows']} an "
                          f"epoch, new augmented copies every epoch; {t.get('loader_workers', 0)} loader "
-                         "workers); the per-feature range below is the training rows'.")
+                         f"workers{moved}); the per-feature range below is the training rows'.")
         if "dropped_held_out_rows" in t:
             d = t["dropped_held_out_rows"]
             lines.append(f"Of {t['rows_given']} rows given, {d['calibration']} calibration and "

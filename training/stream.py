@@ -14,9 +14,11 @@ an epoch, or run with another number of workers, sees the same inputs. Under DDP
 takes its share of every epoch (``DistributedSampler``). Each epoch draws new copies, so the
 student sees ``epochs`` x ``copies`` augmented versions of each row instead of ``copies``.
 
-What cannot stream is refused by the config check: the disagreement ascent (it would run the
-signed-gradient steps on every batch of every epoch) and a file of member predictions (its
-inputs are fixed).
+With the disagreement ascent (``distill.transfer.perturb_steps``) each batch's copies are
+moved by the signed-gradient steps through the teachers on the training device before they
+are labelled, as the materialized set's copies are once: streamed, on every batch of every
+epoch, so the ascent's cost is paid ``epochs`` times. What cannot stream is refused by the
+config check: a file of member predictions (its inputs are fixed).
 """
 
 from __future__ import annotations
@@ -33,16 +35,16 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from training.config import TransferConfig
 from training.device import Runtime
-from training.transfer import augment_images, copies_of, image_augmented
+from training.transfer import augment_images, copies_of, disagreement_ascent, image_augmented
 
 log = logging.getLogger(__name__)
 
 
 class TransferInputs(torch.utils.data.Dataset):
     """Transfer inputs by batch. Item ``(epoch, rank, number, indices)`` -> (x [B, *shape]
-    float32, y [B, ...], labelled [B] bool): index i < N is training row i, N <= i < N(1 +
-    copies) a copy of row (i - N) mod N, the rest uniform inputs inside the training rows'
-    per-feature range."""
+    float32, y [B, ...], labelled [B] bool, copy [B] bool): index i < N is training row i
+    (labelled), N <= i < N(1 + copies) a copy of row (i - N) mod N (copy), the rest uniform
+    inputs inside the training rows' per-feature range."""
 
     def __init__(self, X: np.ndarray, y: np.ndarray, mean: np.ndarray, std: np.ndarray,
                  cfg: TransferConfig) -> None:
@@ -92,7 +94,7 @@ class TransferInputs(torch.utils.data.Dataset):
         if u:
             x[uniform] = rng.uniform(self.lo, self.hi, size=(u, x.shape[1]))
         return (torch.from_numpy(x.reshape(len(idx), *self.shape)), torch.from_numpy(y),
-                torch.from_numpy(original))
+                torch.from_numpy(original), torch.from_numpy(copy))
 
 
 class EpochBatches(torch.utils.data.Sampler):
@@ -139,6 +141,7 @@ class TransferStream:
     num_heads: int
     key: str
     summary: dict[str, Any] = field(default_factory=dict)
+    ascent: bool = False  # move each batch's copies by the disagreement ascent before labelling
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -167,7 +170,22 @@ class StreamSource:
         loader = DataLoader(self.stream.inputs, batch_size=None, sampler=sampler,
                             num_workers=self.workers, pin_memory=rt.device.type == "cuda")
         teacher = self.stream.teacher.eval()
-        for x, y, labelled in loader:
+        for x, y, labelled, copy in loader:
             x = x.to(rt.device, non_blocking=True)
+            if self.stream.ascent and bool(copy.any()):
+                x = self._ascend(teacher, x, copy.to(rt.device), rt)
             yield (x, label(teacher, x), y.to(rt.device, non_blocking=True),
                    labelled.to(rt.device, non_blocking=True))
+
+    def _ascend(self, teacher: nn.Module, x: torch.Tensor, copy: torch.Tensor, rt: Runtime) -> torch.Tensor:
+        """The batch with its copies moved by the disagreement ascent, in the same normalized
+        units as the materialized set's."""
+        inputs = self.stream.inputs
+        mean = torch.as_tensor(inputs.mean, device=x.device)
+        std = torch.as_tensor(inputs.std, device=x.device)
+        flat = x.reshape(len(x), -1)
+        z = (flat[copy] - mean) / std
+        moved = disagreement_ascent(teacher, z, inputs.cfg, rt)  # type: ignore[arg-type]
+        out = flat.clone()
+        out[copy] = moved * std + mean
+        return out.reshape(x.shape)

@@ -66,13 +66,21 @@ def teachers(data: Dataset, model: ModelConfig, ensemble: EnsembleConfig, distil
         "source": source, "mode": "materialized", "rows": int(len(X)),
         "training_rows": int(original.sum()), "added_rows": int((~original).sum()),
         "uniform_rows": int(round(distill.transfer.uniform_fraction * len(data.train)))}
-    if isinstance(members, FileEnsemble):
-        summary["member_files"] = members.summary()
-        if distill.transfer.perturb_steps > 0 and not members.differentiable:
-            why = "; ".join(members.no_gradients())
-            summary["ignored_settings"] = [f"distill.transfer.perturb_steps (no gradients through {why})"]
-            log.warning("distill.transfer.perturb_steps cannot apply, no gradients through %s: ignored", why)
+    summary.update(_files_summary(members, distill))
     return Teachers(members, TransferSet(X, outputs, y, original, key, summary))
+
+
+def _files_summary(members: Ensemble | FileEnsemble, distill: DistillConfig) -> dict[str, Any]:
+    """For members given as files: each file, and the ascent listed as not applied when some
+    member gives no gradients (with the member and the reason)."""
+    if not isinstance(members, FileEnsemble):
+        return {}
+    out: dict[str, Any] = {"member_files": members.summary()}
+    if distill.transfer.perturb_steps > 0 and not members.differentiable:
+        why = "; ".join(members.no_gradients())
+        out["ignored_settings"] = [f"distill.transfer.perturb_steps (no gradients through {why})"]
+        log.warning("distill.transfer.perturb_steps cannot apply, no gradients through %s: ignored", why)
+    return out
 
 
 def streamed(data: Dataset, members: Ensemble | FileEnsemble, source: str, distill: DistillConfig,
@@ -91,11 +99,13 @@ def streamed(data: Dataset, members: Ensemble | FileEnsemble, source: str, disti
         "source": source, "mode": "streamed", "loader_workers": distill.loader_workers,
         "rows": len(inputs), "training_rows": n,
         "added_rows": len(inputs) - n, "uniform_rows": inputs.uniform}
-    if isinstance(members, FileEnsemble):
-        summary["member_files"] = members.summary()
-    log.info("transfer set: streamed, %d inputs an epoch (%d training, %d added), %d loader workers",
-             len(inputs), n, len(inputs) - n, distill.loader_workers)
-    return TransferStream(inputs, members, members.num_heads, key, summary)
+    summary.update(_files_summary(members, distill))
+    ascent = distill.transfer.perturb_steps > 0 and getattr(members, "differentiable", True)
+    summary["ascent_steps_per_batch"] = distill.transfer.perturb_steps if ascent else 0
+    log.info("transfer set: streamed, %d inputs an epoch (%d training, %d added), %d loader workers%s",
+             len(inputs), n, len(inputs) - n, distill.loader_workers,
+             f"; the copies of every batch moved by {distill.transfer.perturb_steps} ascent steps" if ascent else "")
+    return TransferStream(inputs, members, members.num_heads, key, summary, ascent)
 
 
 # Transfer settings that need the teachers themselves, which a predictions file does not give.

@@ -69,17 +69,19 @@ def transfer_range_share(X_transfer: np.ndarray, X: np.ndarray) -> float:
     return float(((flat >= lo) & (flat <= hi)).mean())
 
 
-def _disagreement_ascent(teacher: Ensemble | FileEnsemble, z: torch.Tensor, cfg: TransferConfig, rt: Runtime) -> torch.Tensor:
-    """Normalized inputs [N, d] moved by sign-gradient steps raising model uncertainty."""
+def disagreement_ascent(teacher: Ensemble | FileEnsemble, z: torch.Tensor, cfg: TransferConfig, rt: Runtime) -> torch.Tensor:
+    """Normalized inputs [N, d] moved by sign-gradient steps raising model uncertainty, run on
+    the training device in blocks of 512 and returned on ``z``'s device."""
     out = []
-    for i in range(0, z.shape[0], 512):
-        zb = z[i : i + 512].to(rt.device).clone()
-        for _ in range(cfg.perturb_steps):
-            zb.requires_grad_(True)
-            score = derived_outputs(teacher.spec.task, teacher.forward_normalized(zb))["model_uncertainty"]
-            (grad,) = torch.autograd.grad(score.sum(), zb)
-            zb = (zb + cfg.perturb_step_size * grad.sign()).detach()
-        out.append(zb.cpu())
+    with torch.enable_grad(), torch.autocast(device_type=rt.device.type, enabled=False):
+        for i in range(0, z.shape[0], 512):
+            zb = z[i : i + 512].to(rt.device).float().clone()
+            for _ in range(cfg.perturb_steps):
+                zb.requires_grad_(True)
+                score = derived_outputs(teacher.spec.task, teacher.forward_normalized(zb))["model_uncertainty"]
+                (grad,) = torch.autograd.grad(score.sum(), zb)
+                zb = (zb + cfg.perturb_step_size * grad.sign()).detach()
+            out.append(zb.to(z.device))
     return torch.cat(out)
 
 
@@ -161,7 +163,7 @@ def build_transfer_inputs(X_train: np.ndarray, teacher: Ensemble | FileEnsemble,
             # With the ascent, ``into`` holds the normalized float32 inputs it starts from.
             into[rows] = z if ascent else z * std + mean
         if ascent:
-            moved = _disagreement_ascent(teacher, torch.as_tensor(into), cfg, rt).numpy()
+            moved = disagreement_ascent(teacher, torch.as_tensor(into), cfg, rt).numpy()
             for start in range(0, n, TRANSFER_ROWS):
                 rows = slice(start, start + TRANSFER_ROWS)
                 into[rows] = moved[rows] * std + mean

@@ -45,8 +45,6 @@ def all_views(image: np.ndarray, p: int) -> list[np.ndarray]:
 
 def test_refused_options_name_themselves() -> None:
     base = ROOT / "configs" / "tiny.toml"
-    with pytest.raises(ConfigError, match=r"distill.transfer.stream cannot apply the disagreement ascent"):
-        load_config(base, ["distill.transfer.stream=true", "distill.transfer.perturb_steps=2"])
     with pytest.raises(ConfigError, match=r"distill.transfer.stream needs the members themselves: a member "
                                           r"predictions file"):
         load_config(base, ["distill.transfer.stream=true", 'ensemble.predictions="p.npz"'])
@@ -69,7 +67,8 @@ def test_batches_follow_the_recipe_row_by_row() -> None:
     X_mat, _ = build_transfer_inputs(X, teacher, cfg, CPU)
     assert len(X_mat) == len(inputs)
     idx = np.arange(len(inputs))
-    x, yy, labelled = inputs[(0, 0, 0, idx)]
+    x, yy, labelled, copy = inputs[(0, 0, 0, idx)]
+    assert copy.numpy().tolist() == [False] * n + [True] * 3 * n + [False] * 20
     x = x.numpy()
     np.testing.assert_array_equal(x[:n], X)  # the training rows themselves, labelled
     np.testing.assert_array_equal(yy.numpy()[:n], y)
@@ -133,7 +132,47 @@ def _stream(tiny_config: RunConfig, **transfer: object) -> tuple[TransferStream,
     cfg = replace(tiny_config.distill.transfer, **transfer)
     m = teacher.members[0]
     inputs = TransferInputs(data.train.X, data.train.y, m.x_mean.numpy(), m.x_std.numpy(), cfg)
-    return TransferStream(inputs, teacher, 3, "k"), teacher
+    return TransferStream(inputs, teacher, 3, "k", ascent=cfg.perturb_steps > 0), teacher
+
+
+def _mutual_information(logits: torch.Tensor) -> torch.Tensor:
+    """[B, M, C] logits -> [B]: entropy of the mean prediction minus the mean entropy."""
+    p = torch.softmax(logits, -1)
+    mean = p.mean(1)
+    total = -(mean * torch.log(mean)).sum(-1)
+    data = -(p * torch.log(p)).sum(-1).mean(1)
+    return total - data
+
+
+def test_streamed_copies_are_moved_by_the_ascent_before_they_are_labelled(tiny_config: RunConfig) -> None:
+    steps, size = 2, 0.3
+    plain, teacher = _stream(tiny_config, uniform_fraction=0.25, perturb_steps=0)
+    pushed, _ = _stream(tiny_config, uniform_fraction=0.25, perturb_steps=steps, perturb_step_size=size)
+    mean = torch.as_tensor(plain.inputs.mean)
+    std = torch.as_tensor(plain.inputs.std)
+    n_copies = 0
+    # Even inside an autocast region (as in a bf16 step) the ascent and the labels are float32.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pairs = list(zip(plain.source(0).epoch(1, 96, CPU, seed=0), pushed.source(0).epoch(1, 96, CPU, seed=0)))
+    for (x0, _, y0, l0), (x1, t1, y1, l1) in pairs:
+        z = ((x0.reshape(len(x0), -1) - mean) / std).clone()
+        # By hand: signed-gradient steps on the members' mutual information, in normalized units.
+        for _ in range(steps):
+            z.requires_grad_(True)
+            (g,) = torch.autograd.grad(_mutual_information(teacher.forward_normalized(z)).sum(), z)
+            z = (z + size * g.sign()).detach()
+        by_hand = (z * std + mean).reshape(x0.shape)
+        moved = (x1 != x0).reshape(len(x0), -1).any(1)
+        torch.testing.assert_close(y1, y0)
+        torch.testing.assert_close(l1, l0)
+        assert not bool(moved[l0].any())  # the training rows stay as they are
+        torch.testing.assert_close(x1[moved], by_hand[moved], rtol=1e-5, atol=1e-4)
+        n_copies += int(moved.sum())
+        with torch.no_grad():
+            torch.testing.assert_close(t1, teacher(x1), rtol=0, atol=0)  # labelled where they moved to
+    # Every copy moved (the uniform inputs did not: counted with them, this would be larger).
+    assert plain.inputs.uniform > 0
+    assert n_copies == plain.inputs.copies * len(plain.inputs.X)
 
 
 def test_teacher_outputs_are_the_teachers_on_the_yielded_batch_in_float32(tiny_config: RunConfig) -> None:
@@ -176,7 +215,7 @@ def test_ranks_share_an_epoch() -> None:
 
 
 def test_a_resumed_streamed_fit_equals_an_uninterrupted_one(tiny_config: RunConfig, tmp_path: Path) -> None:
-    stream, _ = _stream(tiny_config)
+    stream, _ = _stream(tiny_config, perturb_steps=1)  # the ascent too is a function of the batch
     data = load_dataset(tiny_config.data)
     optim = OptimConfig(epochs=3, batch_size=128)
 
@@ -218,7 +257,8 @@ def test_a_resumed_streamed_fit_equals_an_uninterrupted_one(tiny_config: RunConf
 def test_a_tiny_streamed_run_publishes_a_model(tiny_config: RunConfig, tmp_path: Path) -> None:
     config = replace(tiny_config, distill=replace(
         tiny_config.distill, loader_workers=2,
-        transfer=replace(tiny_config.distill.transfer, stream=True, mixup_alpha=0.4, uniform_fraction=0.5)))
+        transfer=replace(tiny_config.distill.transfer, stream=True, mixup_alpha=0.4, uniform_fraction=0.5,
+                         perturb_steps=1)))
     version = run_pipeline(config, tmp_path / "models")
     assert (version / "model.onnx").is_file() and (version / "ensemble.onnx").is_file()
     report = json.loads((version / "report.json").read_text())
@@ -227,7 +267,10 @@ def test_a_tiny_streamed_run_publishes_a_model(tiny_config: RunConfig, tmp_path:
     n = report["splits"]["calibration"] and t["training_rows"]
     assert t["rows"] == 2 * n + round(0.5 * n)
     assert {"hydra phase 1", "hydra phase 2"} <= set(report["training_samples_per_s"])
-    assert "Streamed: the inputs are made and labelled batch by batch" in (version / "report.md").read_text()
+    assert t["ascent_steps_per_batch"] == 1
+    md = (version / "report.md").read_text()
+    assert "Streamed: the inputs are made and labelled batch by batch" in md
+    assert "the copies of every batch moved by 1 disagreement-ascent steps" in md
     assert report["test"]["hydra"]["accuracy"] > 0.5
 
 

@@ -45,7 +45,7 @@ def one_shot(X_train: np.ndarray, teacher: Ensemble, cfg: TransferConfig) -> np.
         if cfg.noise_std > 0:
             z = z + rng.normal(0.0, cfg.noise_std, size=z.shape)
         if cfg.perturb_steps > 0:
-            z = transfer._disagreement_ascent(teacher, torch.as_tensor(z, dtype=torch.float32), cfg, CPU).numpy()
+            z = transfer.disagreement_ascent(teacher, torch.as_tensor(z, dtype=torch.float32), cfg, CPU).numpy()
         parts.append(z * std + mean)
     if cfg.uniform_fraction > 0:
         lo, hi = flat.min(axis=0), flat.max(axis=0)
