@@ -23,7 +23,12 @@ It prints one Markdown table per part, for BENCHMARKS.md, and writes them as JSO
    ONNX Runtime called directly at the matching batch size; on CUDA also the service on the
    CPU provider at concurrency 1 (the one-instance latency goal);
 4. parity: the largest difference between the active provider and the CPU provider per
-   output, as the service measured it when it loaded the model (TF32 off unless set).
+   output, as the service measured it when it loaded the model (TF32 off unless set);
+5. members given as files on the device: M ResNet members (the part 2 body) saved as ONNX
+   files and as ``torch.export`` programs, loaded as ``[ensemble] models`` are on the training
+   device, and the disagreement ascent run through each (ONNX: their graphs translated to
+   torch) on the same batch: samples/s per format, where the gradients ran, and how far the
+   two formats' moved inputs and teacher outputs agree.
 """
 
 from __future__ import annotations
@@ -60,14 +65,14 @@ PLANS = {
     "cuda": {
         "train": ["ensemble.members=5", "ensemble.optim.epochs=6", "distill.phase1.epochs=4",
                   "distill.phase2.epochs=6"],
-        "resnet": {"channels": (64, 128, 256, 512), "blocks": (2, 2, 2, 2)}, "members": 10,
+        "resnet": {"channels": (64, 128, 256, 512), "blocks": (2, 2, 2, 2)}, "members": 10, "ascent_batch": 512,
         "batches": (1, 64, 512), "rounds": 3, "seconds": 1.0,
         "concurrency": (1, 8, 64), "duration": 2.0,
     },
     "cpu": {
         "train": ["ensemble.members=3", "ensemble.optim.epochs=2", "distill.phase1.epochs=1",
                   "distill.phase2.epochs=2", "distill.transfer.copies=1"],
-        "resnet": {"channels": (64, 128, 256, 512), "blocks": (2, 2, 2, 2)}, "members": 10,
+        "resnet": {"channels": (64, 128, 256, 512), "blocks": (2, 2, 2, 2)}, "members": 10, "ascent_batch": 32,
         "batches": (1, 64, 256), "rounds": 1, "seconds": 3.0,
         "concurrency": (1, 8, 64), "duration": 2.0,
     },
@@ -75,7 +80,7 @@ PLANS = {
         "train": ["ensemble.members=2", "ensemble.optim.epochs=1", "ensemble.optim.min_steps=0",
                   "distill.phase1.epochs=1", "distill.phase2.epochs=1", "distill.transfer.copies=1",
                   "model.channels=[8, 16]", "model.blocks=[1, 2]"],
-        "resnet": {"channels": (8, 16), "blocks": (1, 2)}, "members": 3,
+        "resnet": {"channels": (8, 16), "blocks": (1, 2)}, "members": 3, "ascent_batch": 64,
         "batches": (1, 16), "rounds": 1, "seconds": 0.3,
         "concurrency": (1, 8), "duration": 0.5,
     },
@@ -263,6 +268,85 @@ def cpu_name() -> str:
 
 # -- report ---------------------------------------------------------------------------------------
 
+# -- 5. members given as files, on the device ------------------------------------------------------
+
+def members_on_device(device: str, plan: dict, tmp: Path) -> dict:
+    """The same M members as ONNX files and as torch.export programs, loaded on ``device`` as
+    a run loads ``[ensemble] models``; the ascent (3 steps of 0.1) through each on one batch."""
+    import torch
+
+    from training.config import ModelConfig, TransferConfig
+    from training.data import Dataset, Split
+    from training.device import Runtime
+    from training.members import OnnxMember, load_member_files
+    from training.networks import HydraNet, NetSpec
+    from training.transfer import disagreement_ascent
+
+    m, n = plan["members"], plan["ascent_batch"]
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0, 255, size=(max(n, 32), *IMAGE)).astype(np.float32)
+    split = Split(X, rng.integers(0, CLASSES, size=len(X)))
+    data = Dataset(name="members", task="classification", feature_shape=IMAGE,
+                   class_labels=tuple(map(str, range(CLASSES))), train=split, calibration=split, test=split)
+    spec = NetSpec("classification", IMAGE, CLASSES)
+
+    class Logits(torch.nn.Module):
+        """A member as another code base saves it: raw images in, logits [B, C] out."""
+
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)[:, 0]  # the network's [B, 1, C]
+
+    def gradient_device(f: object) -> str:
+        if isinstance(f, OnnxMember):
+            return str(next(f.graph.buffers()).device) if f.graph is not None else "none"
+        return str(getattr(f, "device", "none"))
+
+    torch.manual_seed(0)
+    files: dict[str, list[str]] = {"onnx": [], "torch.export": []}
+    batch = {"x": {0: torch.export.Dim("batch")}}
+    for i in range(m):
+        net = HydraNet(ModelConfig(head="linear", body="resnet", image_shape=IMAGE, **plan["resnet"]), spec, 1)
+        net.set_stats(X.reshape(len(X), -1).mean(0), X.reshape(len(X), -1).std(0) + 1.0)
+        module = Logits(net).eval()
+        example = (torch.zeros(2, *IMAGE),)
+        program = torch.onnx.export(module, example, input_names=["x"], dynamic_shapes=batch, dynamo=True,
+                                    external_data=False, verbose=False)
+        program.save(str(tmp / f"m{i}.onnx"))  # type: ignore[union-attr]
+        torch.export.save(torch.export.export(module, example, dynamic_shapes=batch), str(tmp / f"m{i}.pt2"))
+        files["onnx"].append(str(tmp / f"m{i}.onnx"))
+        files["torch.export"].append(str(tmp / f"m{i}.pt2"))
+    rt = Runtime(torch.device(device))
+    cfg = TransferConfig(perturb_steps=3, perturb_step_size=0.1)
+    out: dict = {"members": m, "batch": n, "formats": {}}
+    moved, labels = {}, {}
+    for fmt, paths in files.items():
+        ens = load_member_files(tuple(paths), data, m, "logits", device=rt.device)
+        z = torch.as_tensor((X[:n].reshape(n, -1) - ens.x_mean) / ens.x_std, dtype=torch.float32)
+        disagreement_ascent(ens, z[:2], cfg, rt)  # warm-up
+        if device == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        moved[fmt] = disagreement_ascent(ens, z, cfg, rt)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        with torch.no_grad():
+            labels[fmt] = ens(torch.as_tensor(X[:n]).to(rt.device)).cpu()
+        out["formats"][fmt] = {
+            "ascent_samples_per_s": round(n / seconds, 1),
+            "gradients": sorted({f["gradients"].split(" (")[0] for f in ens.summary()}),
+            "gradient_device": sorted({gradient_device(f) for f in ens.files}),
+        }
+    out["moved_inputs_equal_share"] = round(float(torch.isclose(
+        moved["onnx"], moved["torch.export"], rtol=0, atol=1e-4).float().mean()), 4)
+    out["teacher_outputs_max_abs_diff"] = float((labels["onnx"] - labels["torch.export"]).abs().max())
+    return out
+
+
 def table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -285,6 +369,16 @@ def render(result: dict) -> str:
                        "ratio / M"],
                       [[r["head"], f"{r['params']['hydra']:,}", r["batch"], r["hydra_samples_per_s"],
                         r["ensemble_samples_per_s"], r["ratio"], round(r["ratio"] / r["members"], 2)] for r in rows])]
+    mb = result.get("members")
+    if mb:
+        out += ["", f"Members given as files on {result['device']} ({mb['members']} members, ResNet body {result['resnet']}; "
+                f"disagreement ascent, 3 steps, batch {mb['batch']}):", "",
+                table(["format", "ascent samples/s", "gradients", "gradients ran on"],
+                      [[fmt, r["ascent_samples_per_s"], ", ".join(r["gradients"]), ", ".join(r["gradient_device"])]
+                       for fmt, r in mb["formats"].items()]),
+                "", f"ONNX against torch.export: moved inputs equal (1e-4) for a share of "
+                f"{mb['moved_inputs_equal_share']}; teacher outputs differ by at most "
+                f"{mb['teacher_outputs_max_abs_diff']:.1e}"]
     sv = result.get("service")
     if sv is None:
         return "\n".join(out)
@@ -313,8 +407,8 @@ def main() -> int:
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument("--quick", action="store_true", help="small sizes (the tested path)")
     parser.add_argument("--json", type=Path, help="write the figures here")
-    parser.add_argument("--parts", default="train,onnx,service",
-                        help="comma-separated parts to run: train, onnx, service (service needs train)")
+    parser.add_argument("--parts", default="train,onnx,service,members",
+                        help="comma-separated parts to run: train, onnx, service, members (service needs train)")
     args = parser.parse_args()
     import torch
 
@@ -331,8 +425,8 @@ def main() -> int:
     if device == "cuda":
         result["machine"] += f", {torch.cuda.get_device_name(0)}"
     parts = set(args.parts.split(","))
-    if not parts <= {"train", "onnx", "service"} or ("service" in parts and "train" not in parts):
-        parser.error(f"--parts: train, onnx, service (service needs train), got {args.parts!r}")
+    if not parts <= {"train", "onnx", "service", "members"} or ("service" in parts and "train" not in parts):
+        parser.error(f"--parts: train, onnx, service, members (service needs train), got {args.parts!r}")
     with tempfile.TemporaryDirectory(prefix="hydra-bench-gpu-") as name:
         tmp = Path(name)
         if "train" in parts:
@@ -344,6 +438,9 @@ def main() -> int:
         if "service" in parts:
             print("the service", file=sys.stderr)
             result["service"] = serve_and_measure(version, device, plan, tmp)
+        if "members" in parts:
+            print("members given as files", file=sys.stderr)
+            result["members"] = members_on_device(device, plan, tmp)
     result["duration_s"] = round(time.perf_counter() - started, 1)
     print(render(result))
     print(f"\n(bench_gpu.py took {result['duration_s']} s)")
