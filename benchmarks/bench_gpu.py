@@ -26,9 +26,10 @@ It prints one Markdown table per part, for BENCHMARKS.md, and writes them as JSO
    output, as the service measured it when it loaded the model (TF32 off unless set);
 5. members given as files on the device: M ResNet members (the part 2 body) saved as ONNX
    files and as ``torch.export`` programs, loaded as ``[ensemble] models`` are on the training
-   device, and the disagreement ascent run through each (ONNX: their graphs translated to
-   torch) on the same batch: samples/s per format, where the gradients ran, and how far the
-   two formats' moved inputs and teacher outputs agree.
+   device (ONNX files on ONNX Runtime's CUDA provider there), and the disagreement ascent run
+   through each (ONNX: their graphs translated to torch) on the same batch: samples/s per
+   format, where outputs and gradients ran, and how far the two formats' moved inputs and
+   teacher outputs agree.
 """
 
 from __future__ import annotations
@@ -338,6 +339,7 @@ def members_on_device(device: str, plan: dict, tmp: Path) -> dict:
             labels[fmt] = ens(torch.as_tensor(X[:n]).to(rt.device)).cpu()
         out["formats"][fmt] = {
             "ascent_samples_per_s": round(n / seconds, 1),
+            "runs_on": sorted({f["runs_on"] for f in ens.summary()}),
             "gradients": sorted({f["gradients"].split(" (")[0] for f in ens.summary()}),
             "gradient_device": sorted({gradient_device(f) for f in ens.files}),
         }
@@ -373,9 +375,9 @@ def render(result: dict) -> str:
     if mb:
         out += ["", f"Members given as files on {result['device']} ({mb['members']} members, ResNet body {result['resnet']}; "
                 f"disagreement ascent, 3 steps, batch {mb['batch']}):", "",
-                table(["format", "ascent samples/s", "gradients", "gradients ran on"],
-                      [[fmt, r["ascent_samples_per_s"], ", ".join(r["gradients"]), ", ".join(r["gradient_device"])]
-                       for fmt, r in mb["formats"].items()]),
+                table(["format", "outputs ran on", "ascent samples/s", "gradients", "gradients ran on"],
+                      [[fmt, ", ".join(r["runs_on"]), r["ascent_samples_per_s"], ", ".join(r["gradients"]),
+                        ", ".join(r["gradient_device"])] for fmt, r in mb["formats"].items()]),
                 "", f"ONNX against torch.export: moved inputs equal (1e-4) for a share of "
                 f"{mb['moved_inputs_equal_share']}; teacher outputs differ by at most "
                 f"{mb['teacher_outputs_max_abs_diff']:.1e}"]

@@ -3,7 +3,8 @@ state dicts of a registered architecture (``[ensemble] models``; one file per me
 
 Formats, chosen by the file's suffix:
 
-- ``.onnx``: any framework's export, run in ONNX Runtime on the CPU.
+- ``.onnx``: any framework's export, run in ONNX Runtime: on its CUDA provider (TF32 off,
+  the training device's GPU) when training on CUDA and the provider is there, else on the CPU.
 - ``.pt2``: a ``torch.export`` program (``torch.export.save(torch.export.export(model, example,
   dynamic_shapes=...))``), loaded with ``torch.export.load(path).module()`` (no class
   definition needed) and run on the training device.
@@ -56,9 +57,19 @@ PARITY_ROWS = 16
 FORMATS = {".onnx": "onnx", ".pt2": "torch.export", ".pt": "state_dict", ".pth": "state_dict"}
 
 
-def _session(path: Path) -> ort.InferenceSession:
+def member_providers(device: torch.device | None) -> list[Any]:
+    """ONNX Runtime providers for a member on the training ``device``: the CUDA provider of
+    that GPU (TF32 off, so the teachers' outputs are float32 as on the CPU) when training on
+    CUDA and onnxruntime has it; the CPU provider always (ONNX Runtime falls back to it)."""
+    if device is not None and device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        return [("CUDAExecutionProvider", {"device_id": str(device.index or 0), "use_tf32": "0"}),
+                "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def _session(path: Path, device: torch.device | None) -> ort.InferenceSession:
     try:  # M sessions in one process: one thread each, no competing pools
-        return ort.InferenceSession(str(path), session_options(1), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), session_options(1), providers=member_providers(device))
     except Exception as exc:  # onnxruntime raises its own exception types for a bad file
         raise DataError(f"{path}: not a model ONNX Runtime can load: {str(exc)[:300]}") from exc
 
@@ -92,7 +103,8 @@ class OnnxMember(MemberFile):
 
     def __init__(self, path: Path, device: torch.device | None = None) -> None:
         self.path, self.format = path, "onnx"
-        self.session = _session(path)
+        self.session = _session(path, device)
+        self.provider = self.session.get_providers()[0]  # the one that runs it (CPU if CUDA failed)
         self.parameters = parameter_count(path)
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
@@ -242,8 +254,9 @@ class FileEnsemble(nn.Module):
                 gradients = f"ONNX graph translated to torch ({f.parity:.1e} from ONNX Runtime)"
             else:
                 gradients = f"none: {f.no_gradients}"
+            runs_on = f.provider if isinstance(f, OnnxMember) else str(getattr(f, "device", "cpu"))
             out.append({"file": f.path.name, "format": f.format, "parameters": f.parameters,
-                        "gradients": gradients})
+                        "runs_on": runs_on, "gradients": gradients})
         return out
 
     def no_gradients(self) -> list[str]:

@@ -129,8 +129,9 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"Of {t['rows_given']} rows given, {d['calibration']} calibration and "
                          f"{d['test']} test rows were dropped: held-out inputs are never distilled on.")
         for f in t.get("member_files", []):
-            lines.append(f"Member file {f['file']} ({f['format']}, {f['parameters']:,} parameters; "
-                         f"gradients for the disagreement ascent: {f.get('gradients', 'not recorded')}).")
+            lines.append(f"Member file {f['file']} ({f['format']}, {f['parameters']:,} parameters, run on "
+                         f"{f.get('runs_on', 'not recorded')}; gradients for the disagreement ascent: "
+                         f"{f.get('gradients', 'not recorded')}).")
         if t.get("ignored_settings"):
             lines.append("Settings that need the members themselves and were not applied: "
                          + ", ".join(t["ignored_settings"]) + ".")

@@ -49,6 +49,7 @@ def test_bench_gpu_quick_runs_every_part_on_cpu(tmp_path: Path) -> None:
     assert formats["onnx"]["gradients"] == ["ONNX graph translated to torch"]
     assert formats["torch.export"]["gradients"] == ["PyTorch"]
     assert formats["onnx"]["gradient_device"] == formats["torch.export"]["gradient_device"] == ["cpu"]
+    assert formats["onnx"]["runs_on"] == ["CPUExecutionProvider"] and formats["torch.export"]["runs_on"] == ["cpu"]
     assert all(f["ascent_samples_per_s"] > 0 for f in formats.values())
     # The same members in both formats: the same labels, and the same ascent but for sign ties.
     assert members["teacher_outputs_max_abs_diff"] < 1e-4
@@ -58,4 +59,5 @@ def test_bench_gpu_quick_runs_every_part_on_cpu(tmp_path: Path) -> None:
     assert (f"| linear | {onnx[0]['params']['hydra']:,} | 1 | {onnx[0]['hydra_samples_per_s']} | "
             f"{onnx[0]['ensemble_samples_per_s']} |") in done.stdout
     assert "not applicable (the CPU provider is the active one)" in done.stdout
-    assert f"| onnx | {formats['onnx']['ascent_samples_per_s']} | ONNX graph translated to torch | cpu |" in done.stdout
+    assert (f"| onnx | CPUExecutionProvider | {formats['onnx']['ascent_samples_per_s']} | ONNX graph translated "
+            "to torch | cpu |") in done.stdout

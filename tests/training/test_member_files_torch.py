@@ -237,9 +237,9 @@ def test_ascent_runs_through_torch_and_onnx_members_and_is_skipped_when_one_does
     assert t.summary["ignored_settings"] == [
         "distill.transfer.perturb_steps (no gradients through cumsum.onnx: operators without a "
         "PyTorch translation here: CumSum)"]
-    assert [(f["format"], f["gradients"]) for f in t.summary["member_files"]] == [
-        ("torch.export", "PyTorch"),
-        ("onnx", "none: operators without a PyTorch translation here: CumSum")]
+    assert [(f["format"], f["runs_on"], f["gradients"]) for f in t.summary["member_files"]] == [
+        ("torch.export", "cpu", "PyTorch"),
+        ("onnx", "CPUExecutionProvider", "none: operators without a PyTorch translation here: CumSum")]
     np.testing.assert_array_equal(t.X, plain.X)  # no ascent: the same inputs as without it
     gradients = through_onnx.summary["member_files"][0]["gradients"]
     assert gradients.startswith("ONNX graph translated to torch (") and gradients.endswith("from ONNX Runtime)")
@@ -308,3 +308,19 @@ def test_example_pt2_members_distilled_on_an_image_folder(tmp_path: Path) -> Non
     assert report["transfer"]["source"] == "member files"
     assert report["parameters"]["ensemble"] == 2 * report["parameters"]["member"]
     assert any(k.startswith("member 1 (member_1.pt2") for k in report["parameters"])
+
+
+def test_onnx_members_run_on_the_training_gpu_with_tf32_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime as ort
+
+    from training.members import member_providers
+
+    cuda = ("CUDAExecutionProvider", {"device_id": "1", "use_tf32": "0"})
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert member_providers(torch.device("cuda", 1)) == [cuda, "CPUExecutionProvider"]
+    assert member_providers(torch.device("cuda"))[0][1]["device_id"] == "0"
+    assert member_providers(torch.device("cpu")) == ["CPUExecutionProvider"]
+    assert member_providers(None) == ["CPUExecutionProvider"]
+    # The CPU package of onnxruntime has no CUDA provider: the CPU, not an error.
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert member_providers(torch.device("cuda", 1)) == ["CPUExecutionProvider"]
