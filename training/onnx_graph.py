@@ -273,6 +273,34 @@ def _batch_norm(a: Attrs, x: Tensor, scale: Tensor, bias: Tensor, mean: Tensor, 
     return F.batch_norm(x, mean, var, scale, bias, False, 0.0, float(a.get("epsilon", 1e-5)))
 
 
+def _instance_norm(a: Attrs, x: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
+    return F.instance_norm(x, weight=scale, bias=bias, eps=float(a.get("epsilon", 1e-5)))
+
+
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}
+
+
+def _pad(a: Attrs, x: Tensor, pads: Tensor | None = None, value: Tensor | None = None,
+         axes: Tensor | None = None) -> Tensor:
+    """ONNX Pad: pads (begins then ends) as an attribute (before opset 11) or an input, over
+    every dimension or over ``axes`` (opset 18)."""
+    mode = a.get("mode", "constant")
+    if mode not in _PAD_MODES:
+        raise Unsupported(f"Pad mode {mode!r}")
+    given = list(a["pads"]) if "pads" in a else (_ints(pads) or [])
+    dims = [d + x.dim() if d < 0 else d for d in (_ints(axes) if axes is not None else range(x.dim()))]
+    full = [0] * (2 * x.dim())
+    for i, d in enumerate(dims):
+        full[d], full[x.dim() + d] = given[i], given[len(dims) + i]
+    order = _torch_pad(full)  # last dimension first
+    while len(order) > 2 and order[-2:] == [0, 0]:  # leading dimensions left as they are
+        order = order[:-2]
+    if mode != "constant":
+        return F.pad(x, order, mode=_PAD_MODES[mode])
+    fill = float(a.get("value", 0.0)) if value is None or value.numel() == 0 else float(value.reshape(-1)[0])
+    return F.pad(x, order, value=fill)
+
+
 def _layer_norm(a: Attrs, x: Tensor, scale: Tensor, bias: Tensor | None = None) -> Tensor:
     axis = int(a.get("axis", -1))
     axis = axis + x.dim() if axis < 0 else axis
@@ -371,6 +399,7 @@ def _operators(opset: int) -> dict[str, Callable[..., Tensor]]:
         "GlobalAveragePool": lambda a, x: x.mean(dim=tuple(range(2, x.dim())), keepdim=True),
         "GlobalMaxPool": lambda a, x: x.amax(dim=tuple(range(2, x.dim())), keepdim=True),
         "BatchNormalization": _batch_norm, "LayerNormalization": _layer_norm,
+        "InstanceNormalization": _instance_norm, "Pad": _pad,
         "Flatten": _flatten, "Reshape": _reshape, "Transpose": lambda a, x: x.permute(
             *(a["perm"] if "perm" in a else reversed(range(x.dim())))),
         "Squeeze": _squeeze, "Unsqueeze": _unsqueeze, "Concat": _concat, "Gather": _gather,

@@ -174,6 +174,28 @@ DENSE = [
          X3, {"s": w(5), "b": w(5)}, opset=17),
     case("LayerNormalization-axis1-no-bias", [N("LayerNormalization", ["x", "s"], ["y"], axis=1, epsilon=0.1)],
          X3, {"s": w(2, 5)}, opset=17),
+    case("InstanceNormalization", [N("InstanceNormalization", ["x", "s", "b"], ["y"], epsilon=1e-3)],
+         X4, {"s": w(3), "b": w(3)}),
+]
+
+PAD = [
+    # Opset 2-10: pads and value as attributes, over every dimension (begins, then ends).
+    case("Pad-attributes-opset10", [N("Pad", ["x"], ["y"], pads=[0, 0, 1, 2, 0, 0, 2, 1], value=0.5)],
+         X4, opset=10),
+    # Opset 13: pads and the constant as inputs; asymmetric, on the channel dimension too.
+    case("Pad-inputs-constant-opset13", [N("Pad", ["x", "p", "c"], ["y"])], X4,
+         {"p": i64(0, 1, 0, 3, 0, 2, 1, 0), "c": f32(-1.0).reshape(())}, opset=13),
+    case("Pad-no-constant-opset13", [N("Pad", ["x", "p"], ["y"])], X4, {"p": i64(0, 0, 2, 2, 0, 0, 2, 2)},
+         opset=13),
+    case("Pad-reflect-opset13", [N("Pad", ["x", "p"], ["y"], mode="reflect")], X4,
+         {"p": i64(0, 0, 1, 2, 0, 0, 2, 1)}, opset=13),
+    case("Pad-edge-opset13", [N("Pad", ["x", "p"], ["y"], mode="edge")], X4,
+         {"p": i64(0, 0, 3, 1, 0, 0, 0, 2)}, opset=13),
+    case("Pad-negative-crops-opset13", [N("Pad", ["x", "p"], ["y"])], X4,
+         {"p": i64(0, 0, -1, 2, 0, 0, 1, -2)}, opset=13),
+    # Opset 18: over the named axes only (negative axes count from the end).
+    case("Pad-axes-opset18", [N("Pad", ["x", "p", "", "axes"], ["y"])], X4,
+         {"p": i64(1, 2, 3, 0), "axes": i64(-1, 2)}, opset=18),
 ]
 
 CW = {"W": w(4, 3, 3, 3), "b": w(4)}
@@ -384,7 +406,7 @@ MULTI = [
 ]
 
 
-TABLE = ELEMENTWISE + SOFTMAX + DENSE + CONV + POOL + SHAPES + REDUCE + LOGIC + MULTI
+TABLE = ELEMENTWISE + SOFTMAX + DENSE + PAD + CONV + POOL + SHAPES + REDUCE + LOGIC + MULTI
 
 
 @pytest.mark.parametrize("c", TABLE)
