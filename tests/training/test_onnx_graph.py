@@ -191,6 +191,8 @@ PAD = [
          {"p": i64(0, 0, 1, 2, 0, 0, 2, 1)}, opset=13),
     case("Pad-edge-opset13", [N("Pad", ["x", "p"], ["y"], mode="edge")], X4,
          {"p": i64(0, 0, 3, 1, 0, 0, 0, 2)}, opset=13),
+    case("Pad-wrap-opset19", [N("Pad", ["x", "p"], ["y"], mode="wrap")], X4,
+         {"p": i64(0, 0, 1, 2, 0, 0, 2, 1)}, opset=19),
     case("Pad-negative-crops-opset13", [N("Pad", ["x", "p"], ["y"])], X4,
          {"p": i64(0, 0, -1, 2, 0, 0, 1, -2)}, opset=13),
     # Opset 18: over the named axes only (negative axes count from the end).
