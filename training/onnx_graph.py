@@ -273,6 +273,16 @@ def _batch_norm(a: Attrs, x: Tensor, scale: Tensor, bias: Tensor, mean: Tensor, 
     return F.batch_norm(x, mean, var, scale, bias, False, 0.0, float(a.get("epsilon", 1e-5)))
 
 
+def _group_norm(opset: int) -> Callable[..., Tensor]:
+    def run(a: Attrs, x: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
+        groups = int(a["num_groups"])
+        if opset < 21 and scale.numel() == groups:  # opsets 18-20: one scale and bias per group
+            per_group = int(x.shape[1]) // groups
+            scale, bias = scale.repeat_interleave(per_group), bias.repeat_interleave(per_group)
+        return F.group_norm(x, groups, scale, bias, float(a.get("epsilon", 1e-5)))
+    return run
+
+
 def _instance_norm(a: Attrs, x: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
     return F.instance_norm(x, weight=scale, bias=bias, eps=float(a.get("epsilon", 1e-5)))
 
@@ -399,7 +409,7 @@ def _operators(opset: int) -> dict[str, Callable[..., Tensor]]:
         "GlobalAveragePool": lambda a, x: x.mean(dim=tuple(range(2, x.dim())), keepdim=True),
         "GlobalMaxPool": lambda a, x: x.amax(dim=tuple(range(2, x.dim())), keepdim=True),
         "BatchNormalization": _batch_norm, "LayerNormalization": _layer_norm,
-        "InstanceNormalization": _instance_norm, "Pad": _pad,
+        "InstanceNormalization": _instance_norm, "GroupNormalization": _group_norm(opset), "Pad": _pad,
         "Flatten": _flatten, "Reshape": _reshape, "Transpose": lambda a, x: x.permute(
             *(a["perm"] if "perm" in a else reversed(range(x.dim())))),
         "Squeeze": _squeeze, "Unsqueeze": _unsqueeze, "Concat": _concat, "Gather": _gather,
