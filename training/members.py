@@ -110,6 +110,7 @@ class OnnxMember(MemberFile):
         if len(inputs) != 1:
             raise DataError(f"{path}: a member must take one input, this one takes "
                             f"{[i.name for i in inputs]}")
+        self.input_name = inputs[0].name
         self.graph: OnnxGraph | None = None
         self.no_gradients = ""
         self.parity: float | None = None  # the translation's largest difference from ONNX Runtime
@@ -128,7 +129,7 @@ class OnnxMember(MemberFile):
         return len(self.session.get_outputs())
 
     def _ort(self, x: np.ndarray) -> list[np.ndarray]:
-        return self.session.run(None, {self.session.get_inputs()[0].name: x})
+        return self.session.run(None, {self.input_name: x})
 
     def check_gradients(self, rows: np.ndarray) -> None:
         """Keep the translation only if it gives ONNX Runtime's outputs on ``rows``."""

@@ -357,8 +357,7 @@ def _split(a: Attrs, x: Tensor, sizes: Tensor | None = None) -> tuple[Tensor, ..
     if given:
         return tuple(torch.split(x, given, dim=axis))
     parts = int(a["num_outputs"]) if "num_outputs" in a else int(a["_outputs"])
-    return tuple(torch.tensor_split(x, parts, dim=axis)) if x.shape[axis] % parts == 0 else \
-        tuple(torch.split(x, -(-int(x.shape[axis]) // parts), dim=axis))
+    return tuple(torch.split(x, -(-int(x.shape[axis]) // parts), dim=axis))  # the last may be smaller
 
 
 def _clip(a: Attrs, x: Tensor, lo: Tensor | None = None, hi: Tensor | None = None) -> Tensor:
@@ -467,16 +466,13 @@ class OnnxGraph(nn.Module):
         self._steps: list[tuple[Callable[..., Any], Attrs, list[str], list[str]]] = []
         for i, n in enumerate(graph.node):
             attrs = Attrs.of(n)
-            if n.op_type == "Constant":  # a buffer, so that it moves with the graph
+            if n.op_type == "Constant":  # a buffer like the initializers, so that it moves with the graph
+                self._names[n.output[0]] = f"c{i}"
                 self.register_buffer(f"c{i}", _constant(attrs), persistent=False)
-                self._steps.append((self._buffer, Attrs(name=f"c{i}"), [], list(n.output)))
                 continue
             if n.op_type in MULTI_OUTPUT:
                 attrs["_outputs"] = len(n.output)
             self._steps.append((ops[n.op_type], attrs, list(n.input), list(n.output)))
-
-    def _buffer(self, a: Attrs) -> Tensor:
-        return getattr(self, a["name"])
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         values: dict[str, Tensor] = {self.input_name: x}

@@ -170,22 +170,17 @@ class StreamSource:
         loader = DataLoader(self.stream.inputs, batch_size=None, sampler=sampler,
                             num_workers=self.workers, pin_memory=rt.device.type == "cuda")
         teacher = self.stream.teacher.eval()
+        inputs = self.stream.inputs
+        # The ascent's normalized units, the materialized set's: on the device once an epoch.
+        mean = torch.as_tensor(inputs.mean, device=rt.device)
+        std = torch.as_tensor(inputs.std, device=rt.device)
         for x, y, labelled, copy in loader:
             x = x.to(rt.device, non_blocking=True)
-            if self.stream.ascent and bool(copy.any()):
-                x = self._ascend(teacher, x, copy.to(rt.device), rt)
+            if self.stream.ascent and bool(copy.any()):  # the copies moved before they are labelled
+                flat = x.reshape(len(x), -1).clone()
+                copy = copy.to(rt.device)
+                moved = disagreement_ascent(teacher, (flat[copy] - mean) / std, inputs.cfg, rt)  # type: ignore[arg-type]
+                flat[copy] = moved * std + mean
+                x = flat.reshape(x.shape)
             yield (x, label(teacher, x), y.to(rt.device, non_blocking=True),
                    labelled.to(rt.device, non_blocking=True))
-
-    def _ascend(self, teacher: nn.Module, x: torch.Tensor, copy: torch.Tensor, rt: Runtime) -> torch.Tensor:
-        """The batch with its copies moved by the disagreement ascent, in the same normalized
-        units as the materialized set's."""
-        inputs = self.stream.inputs
-        mean = torch.as_tensor(inputs.mean, device=x.device)
-        std = torch.as_tensor(inputs.std, device=x.device)
-        flat = x.reshape(len(x), -1)
-        z = (flat[copy] - mean) / std
-        moved = disagreement_ascent(teacher, z, inputs.cfg, rt)  # type: ignore[arg-type]
-        out = flat.clone()
-        out[copy] = moved * std + mean
-        return out.reshape(x.shape)

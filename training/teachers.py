@@ -23,7 +23,7 @@ from training.networks import Ensemble
 from training.members import FileEnsemble, load_member_files
 from training.scaling import feature_stats
 from training.stream import TransferInputs, TransferStream
-from training.transfer import TransferSet, build_transfer_inputs, row_keys
+from training.transfer import TransferSet, ascent_applies, build_transfer_inputs, row_keys
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def _files_summary(members: Ensemble | FileEnsemble, distill: DistillConfig) -> 
     if not isinstance(members, FileEnsemble):
         return {}
     out: dict[str, Any] = {"member_files": members.summary()}
-    if distill.transfer.perturb_steps > 0 and not members.differentiable:
+    if distill.transfer.perturb_steps > 0 and not ascent_applies(distill.transfer, members):
         why = "; ".join(members.no_gradients())
         out["ignored_settings"] = [f"distill.transfer.perturb_steps (no gradients through {why})"]
         log.warning("distill.transfer.perturb_steps cannot apply, no gradients through %s: ignored", why)
@@ -100,7 +100,7 @@ def streamed(data: Dataset, members: Ensemble | FileEnsemble, source: str, disti
         "rows": len(inputs), "training_rows": n,
         "added_rows": len(inputs) - n, "uniform_rows": inputs.uniform}
     summary.update(_files_summary(members, distill))
-    ascent = distill.transfer.perturb_steps > 0 and getattr(members, "differentiable", True)
+    ascent = ascent_applies(distill.transfer, members)
     summary["ascent_steps_per_batch"] = distill.transfer.perturb_steps if ascent else 0
     log.info("transfer set: streamed, %d inputs an epoch (%d training, %d added), %d loader workers%s",
              len(inputs), n, len(inputs) - n, distill.loader_workers,

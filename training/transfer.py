@@ -69,6 +69,12 @@ def transfer_range_share(X_transfer: np.ndarray, X: np.ndarray) -> float:
     return float(((flat >= lo) & (flat <= hi)).mean())
 
 
+def ascent_applies(cfg: TransferConfig, teacher: object) -> bool:
+    """Whether the disagreement ascent runs: steps asked for, and gradients through every
+    member (members trained here always give them; files say so, see ``training.members``)."""
+    return cfg.perturb_steps > 0 and getattr(teacher, "differentiable", True)
+
+
 def disagreement_ascent(teacher: Ensemble | FileEnsemble, z: torch.Tensor, cfg: TransferConfig, rt: Runtime) -> torch.Tensor:
     """Normalized inputs [N, d] moved by sign-gradient steps raising model uncertainty, run on
     the training device in blocks of 512 and returned on ``z``'s device."""
@@ -139,8 +145,7 @@ def build_transfer_inputs(X_train: np.ndarray, teacher: Ensemble | FileEnsemble,
         std = teacher.members[0].x_std.cpu().numpy()
     else:  # members given as files: the training rows' statistics
         mean, std = teacher.x_mean, teacher.x_std
-    # The ascent needs gradients through the members, which ONNX Runtime does not give.
-    ascent = cfg.perturb_steps > 0 and getattr(teacher, "differentiable", True)
+    ascent = ascent_applies(cfg, teacher)
     images = image_augmented(cfg, shape)
     copies = copies_of(cfg, images)
     k = int(round(cfg.uniform_fraction * n)) if cfg.uniform_fraction > 0 else 0

@@ -62,14 +62,11 @@ def to_float32(arr: np.ndarray, what: str) -> FloatBatch:
     holds one. Integers always fit; a float64 array is checked by its extremes before the cast
     (two reductions, no temporary), so the cast itself never overflows."""
     kind = arr.dtype.kind
-    if kind in "iu":
+    if kind in "iu" or (kind == "f" and arr.dtype.itemsize > 4
+                        and -FLOAT32_OVERFLOW < arr.min() and arr.max() < FLOAT32_OVERFLOW):  # NaN: False
         return np.ascontiguousarray(arr, dtype=np.float32)
-    if kind == "f" and arr.dtype.itemsize > 4:
-        if -FLOAT32_OVERFLOW < arr.min() and arr.max() < FLOAT32_OVERFLOW:  # False for NaN too
-            return np.ascontiguousarray(arr, dtype=np.float32)
-        with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused just below
-            return check_finite(np.ascontiguousarray(arr, dtype=np.float32), what)
-    return check_finite(np.ascontiguousarray(arr, dtype=np.float32), what)
+    with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused just below
+        return check_finite(np.ascontiguousarray(arr, dtype=np.float32), what)
 
 
 # Room in the structure budgets for everything besides the tensor: ids, parameters, the
