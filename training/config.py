@@ -31,6 +31,9 @@ class DataConfig:
     ood_path: str = ""
     # Column of the target in a CSV file.
     target: str = "target"
+    # Rows whose target is missing (an empty cell, NA, NaN, ...; see training.tables):
+    # refuse (the error lists their lines) | drop (left out, counted in the log and metadata).
+    missing_targets: str = "refuse"
     # classification | regression; taken from the source when empty.
     task: str = ""
     # Image folders: every image is resized to [height, width] (empty: all must share one
@@ -143,6 +146,9 @@ class ExportConfig:
     # Largest absolute difference allowed between ONNX Runtime and PyTorch, per output.
     atol: float = 1e-4
     rtol: float = 1e-3
+    # Publish even when the newest version of this name has another task, class labels or
+    # feature shape (clients of the name would then get answers of another kind).
+    replace_model: bool = False
 
 
 @dataclass(frozen=True)
@@ -278,6 +284,9 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(
             "data.calibration_fraction and data.test_fraction must be in (0, 1) and sum below 1"
         )
+    if config.data.missing_targets not in ("refuse", "drop"):
+        raise ConfigError(f"data.missing_targets must be refuse or drop, got "
+                          f"{config.data.missing_targets!r}")
     if config.data.evaluate_on not in ("test", "validation"):
         raise ConfigError(f"data.evaluate_on must be test or validation, got {config.data.evaluate_on!r}")
     if config.device not in ("auto", "cpu", "cuda"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -63,6 +64,8 @@ class Dataset:
     # OOD set name -> how it is drawn, where that matters for what it measures ("uniform":
     # uniformly over the features' range, like the transfer set's uniform inputs).
     ood_drawn_like: dict[str, str] = field(default_factory=dict)
+    # Held-out rows dropped because their inputs equal a row of an earlier split, by split.
+    duplicates_dropped: dict[str, int] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -87,11 +90,15 @@ class Dataset:
         return h.hexdigest()
 
 
-def check_arrays(X: np.ndarray, y: np.ndarray, task: str, where: str) -> tuple[np.ndarray, np.ndarray]:
+def check_arrays(X: np.ndarray, y: np.ndarray, task: str, where: str, *,
+                 lines: Sequence[int] | None = None,
+                 columns: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Fail fast on shapes, types and non-finite values, naming the array and the problem.
     ``X`` comes back as float32, or as it is when it holds integers of at most 16 bits.
 
     Classification ``y`` must already be class indices (``encode_labels`` makes them).
+    A value is named by its row and feature index, or with ``lines`` and ``columns`` (a CSV
+    file's) by the line each row is on and the column's name.
     """
     if X.ndim < 2:
         raise DataError(f"{where}: X must be [N, features...], got shape {list(X.shape)}")
@@ -108,16 +115,30 @@ def check_arrays(X: np.ndarray, y: np.ndarray, task: str, where: str) -> tuple[n
         # are until the splits are cut (``tabular_dataset``), so the whole set is never held
         # as float32 beside its splits.
         return X, _checked_y(y, task, where)
+    return finite_float32(X, where, lines=lines, columns=columns), _checked_y(y, task, where)
+
+
+def finite_float32(X: np.ndarray, where: str, *, lines: Sequence[int] | None = None,
+                   columns: Sequence[str] | None = None) -> Array:
+    """``X`` as float32, refused where a value is NaN, Inf or beyond float32's range: the first
+    one named by its indices (or its line and column, as in ``check_arrays``) and its value."""
     with np.errstate(over="ignore"):
-        X = X.astype(np.float32)
+        out = X.astype(np.float32)
     # Row blocks: a boolean mask of the whole set would be a quarter of its size again.
-    for start in range(0, len(X), ROW_BLOCK):
-        if not np.isfinite(X[start:start + ROW_BLOCK]).all():
-            bad = ~np.isfinite(X)
-            row = int(np.argwhere(bad)[0][0])
-            raise DataError(f"{where}: X has {int(bad.sum())} NaN/Inf values or values beyond "
-                            f"float32 (first in row {row})")
-    return X, _checked_y(y, task, where)
+    for start in range(0, len(out), ROW_BLOCK):
+        if not np.isfinite(out[start:start + ROW_BLOCK]).all():
+            bad = ~np.isfinite(out)
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            value = X[first].item()
+            what = repr(value) if not np.isfinite(value) else f"{value!r}, beyond float32"
+            count = f"X has {int(bad.sum())} NaN/Inf values or values beyond float32"
+            if lines is not None and columns is not None and len(first) == 2:
+                raise DataError(f"{where}: line {lines[first[0]]}, column {columns[first[1]]!r}: "
+                                f"{what} ({count})")
+            index = ", ".join(map(str, first))
+            raise DataError(f"{where}: {count} (first in row {first[0]}), X[{index}] = {what}; "
+                            "rows and features are counted from 0, as array indices")
+    return out
 
 
 def _checked_y(y: np.ndarray, task: str, where: str) -> np.ndarray:
@@ -129,11 +150,38 @@ def _checked_y(y: np.ndarray, task: str, where: str) -> np.ndarray:
     else:
         if y.dtype.kind not in "biuf":
             raise DataError(f"{where}: regression y must be numeric, got dtype {y.dtype}")
-        y = y.astype(np.float32)
+        with np.errstate(over="ignore"):
+            y = y.astype(np.float32)
         if not np.all(np.isfinite(y)):
-            raise DataError(f"{where}: y has {int((~np.isfinite(y)).sum())} NaN/Inf values")
+            row = int(np.argwhere(~np.isfinite(y))[0][0])
+            raise DataError(f"{where}: y has {int((~np.isfinite(y)).sum())} NaN/Inf values or "
+                            f"values beyond float32 (first in row {row}, counted from 0)")
         y = y.reshape(y.shape[0], -1)
     return y
+
+
+def _row_digests(X: np.ndarray, rows: np.ndarray) -> list[bytes]:
+    """A 16-byte digest of each row's stored bytes (a set of them is small beside the rows)."""
+    return [hashlib.blake2b(np.ascontiguousarray(X[r]).tobytes(), digest_size=16).digest()
+            for r in rows]
+
+
+def drop_held_out_duplicates(X: np.ndarray, tr: np.ndarray, ca: np.ndarray,
+                             te: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Calibration rows whose inputs equal a training row, and test rows whose inputs equal a
+    training or calibration row, dropped (and counted): a held-out row the model has seen, or
+    that calibrated its threshold, would make the report and the OOD guarantee look better
+    than they are. Exact equality of the stored values; the training rows are all kept."""
+    seen = set(_row_digests(X, tr))
+    keep_ca = [d not in seen for d in _row_digests(X, ca)]
+    seen.update(_row_digests(X, ca))
+    keep_te = [d not in seen for d in _row_digests(X, te)]
+    dropped = {"calibration": len(ca) - sum(keep_ca), "test": len(te) - sum(keep_te)}
+    dropped = {k: v for k, v in dropped.items() if v}
+    if dropped:
+        log.warning("dropped held-out rows equal to a row of an earlier split: %s",
+                    ", ".join(f"{v} {k}" for k, v in dropped.items()))
+    return ca[np.asarray(keep_ca, dtype=bool)], te[np.asarray(keep_te, dtype=bool)], dropped
 
 
 def split_indices(n: int, cal: float, test: float, seed: int) -> tuple[np.ndarray, ...]:
@@ -201,6 +249,7 @@ def _digits(config: DataConfig) -> Dataset:
     raw = load_digits()
     X, y = check_arrays(raw.data, raw.target, "classification", "digits")
     tr, ca, te, seed = evaluation_split(config, len(X))
+    ca, te, dropped = drop_held_out_duplicates(X, tr, ca, te)
     test = Split(X[te], y[te])
     rng = np.random.default_rng(seed + 1)
     n_ood = len(te)
@@ -226,6 +275,7 @@ def _digits(config: DataConfig) -> Dataset:
         shift=shift,
         preprocessing={"input": "8x8 grey image flattened row-major, pixel values 0-16"},
         ood_drawn_like={"uniform_noise": "uniform"},
+        duplicates_dropped=dropped,
     )
 
 
@@ -244,6 +294,7 @@ def _regression_shift(X: Array, intensity: float, seed: int, scale: Array) -> Ar
 def tabular_dataset(name: str, X: np.ndarray, y: np.ndarray, task: str, config: DataConfig,
              labels: tuple[str, ...], ood: dict[str, Array]) -> Dataset:
     tr, ca, te, seed = evaluation_split(config, len(X))
+    ca, te, dropped = drop_held_out_duplicates(X, tr, ca, te)
 
     def cut(rows: np.ndarray) -> Split:  # float32 rows (X may still be small integers)
         return Split(X[rows].astype(np.float32), y[rows])
@@ -275,6 +326,7 @@ def tabular_dataset(name: str, X: np.ndarray, y: np.ndarray, task: str, config: 
         test=test,
         ood=ood,
         shift=shift,
+        duplicates_dropped=dropped,
     )
 
 
@@ -316,7 +368,9 @@ def load_dataset(config: DataConfig) -> Dataset:
         from training import user_data  # it builds on this module's types
 
         if config.source == "folder":
-            return user_data.load_image_folder(config)
+            from training.images import load_image_folder
+
+            return load_image_folder(config)
         return user_data.load_user_file(config)
     raise DataError(f"data.source must be digits, digits32, diabetes, npz, csv or folder, got "
                     f"{config.source!r}")

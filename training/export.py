@@ -21,8 +21,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from contract.model import (INPUT_NAME, UNCERTAINTY_COMPONENTS, ModelMetadata, derived_output_names,
-                            output_names)
+from contract.model import (INPUT_NAME, UNCERTAINTY_COMPONENTS, UNCERTAINTY_OUTPUTS, ModelMetadata,
+                            derived_output_names, head_names, output_names)
 from contract.drift import DriftReference
 from contract.files import write_atomic
 from contract.ood import OodCalibration
@@ -31,7 +31,7 @@ from training.config import CalibrationConfig, ExportConfig
 from training.data import Dataset
 from training.evaluate import SplitOutputs
 from training.networks import Ensemble, HydraNet
-from training.uncertainty import derived_outputs
+from training.uncertainty import network_outputs
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,7 @@ class ContractModule(nn.Module):
         self.task = task
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        heads = self.net(x)  # [B, M, C] or [B, M, 2, D]
-        derived = derived_outputs(self.task, heads)
+        heads, derived = network_outputs(self.net, x, self.task)  # heads [B, M, C] or [B, M, 2, D]
         return (*heads.float().unbind(1), *(derived[n] for n in derived_output_names(self.task)))
 
 
@@ -115,17 +114,38 @@ def check_parity(model: onnx.ModelProto, net: nn.Module, meta: ModelMetadata, in
     names = [o.name for o in session.get_outputs()]
     if names != meta.output_names:
         raise ExportError(f"graph outputs {names} differ from the contract's {meta.output_names}")
+    units = output_units(net, meta)
     diffs = {}
     for name, g, w in zip(names, got, want):
         if g.shape != w.shape:
             raise ExportError(f"output {name}: ONNX Runtime shape {g.shape}, PyTorch {w.shape}")
-        diff = np.abs(g.astype(np.float64) - w)
-        bound = config.atol + config.rtol * np.abs(w)
+        unit = units.get(name, 1.0)
+        diff = np.abs(g.astype(np.float64) - w) / unit
+        bound = config.atol + config.rtol * np.abs(w) / unit
         if not np.all(diff <= bound):
+            where = "" if name not in units else " in units of the target's std (or its square)"
             raise ExportError(f"output {name}: ONNX Runtime differs from PyTorch by up to "
-                              f"{diff.max():.3g} (allowed {config.atol} + {config.rtol}*|x|)")
+                              f"{diff.max():.3g}{where} (allowed {config.atol} + {config.rtol}*|x|)")
         diffs[name] = float(diff.max()) if diff.size else 0.0
     return ParityResult(diffs, int(inputs.shape[0]))
+
+
+def output_units(net: nn.Module, meta: ModelMetadata) -> dict[str, np.ndarray]:
+    """The scale each regression output is judged in: parity is the same test whatever the
+    target's units, so a model of y x 1e6 + 1e4 passes or fails as the model of y does.
+
+    Means and head means are in units of the target's std, variances and uncertainties in
+    units of its square (summed over the outputs, as the uncertainties are). Empty for
+    classification and for networks without target statistics (everything in units of 1).
+    """
+    if meta.task != "regression" or not hasattr(net, "target_stats"):
+        return {}
+    std = net.target_stats()[1].detach().cpu().double().numpy()  # [D]
+    square = std**2
+    units = {"mean": std, "variance": square, "head_disagreement": np.array(square.sum())}
+    units.update({name: np.array(square.sum()) for name in UNCERTAINTY_OUTPUTS})
+    units.update({name: np.stack([std, square]) for name in head_names(meta.num_heads)})  # [2, D]
+    return units
 
 
 def export_checked(net: nn.Module, meta: ModelMetadata, config: ExportConfig, real_inputs: np.ndarray,
@@ -159,15 +179,40 @@ def model_metadata(data: Dataset, kind: str, num_heads: int, calibration: SplitO
         training=summary, ood=ood, drift=drift)
 
 
-def calibration_summary(meta: ModelMetadata, outputs: dict[str, SplitOutputs]) -> dict[str, Any]:
-    """The OOD threshold and the rate at which it flags test and OOD inputs."""
+def alpha_held(n: int, alpha: float) -> float:
+    """The false-positive rate the threshold holds for a new in-distribution input: the
+    threshold is the calibration score of 0-based rank i = ceil((1 - alpha)(n - 1)) (numpy's
+    "higher" quantile), and a new exchangeable score lies above it with probability
+    (n - i) / (n + 1). At most ``alpha`` when n >= 1/alpha - 1; with fewer inputs the threshold
+    is the calibration maximum and the rate is 1 / (n + 1)."""
+    rank = int(np.ceil((1.0 - alpha) * (n - 1)))
+    return (n - rank) / (n + 1)
+
+
+def calibration_summary(meta: ModelMetadata, outputs: dict[str, SplitOutputs],
+                        data: Dataset) -> dict[str, Any]:
+    """The OOD threshold, the false-positive rate it can hold, and the rate at which it flags
+    test and OOD inputs (and the test inputs of each class)."""
     if meta.ood is None:
         return {}
-    rates = {split: float(meta.ood.is_ood(o.derived[meta.ood.score]).mean())
+    ood = meta.ood
+    rates = {split: float(ood.is_ood(o.derived[ood.score]).mean())
              for split, o in outputs.items() if split == "test" or split.startswith("ood/")}
-    return {"score": meta.ood.score, "alpha": meta.ood.alpha, "threshold": meta.ood.threshold,
-            "n_calibration": meta.ood.n_calibration, "flag_rate": rates,
-            "drift_bins": {c: len(r.expected) for c, r in meta.drift.items()}}
+    held = alpha_held(ood.n_calibration, ood.alpha)
+    summary = {"score": ood.score, "alpha": ood.alpha, "alpha_held": held,
+               "threshold": ood.threshold, "n_calibration": ood.n_calibration, "flag_rate": rates,
+               "drift_bins": {c: len(r.expected) for c, r in meta.drift.items()}}
+    if held > ood.alpha * (1 + 1e-9):
+        log.warning("%d calibration inputs cannot hold alpha = %g: the threshold is their "
+                    "maximum and flags about %.3g of in-distribution inputs (at least %d are "
+                    "needed; give more rows or a larger data.calibration_fraction)",
+                    ood.n_calibration, ood.alpha, held, int(np.ceil(1 / ood.alpha - 1)))
+    if data.task == "classification":
+        flagged = ood.is_ood(outputs["test"].derived[ood.score])
+        summary["flag_rate_by_class"] = [
+            float(flagged[data.test.y == c].mean()) if np.any(data.test.y == c) else None
+            for c in range(data.num_classes)]
+    return summary
 
 
 @dataclass(frozen=True)
@@ -195,5 +240,5 @@ def export_models(folder: Path, data: Dataset, hydra: HydraNet, ensemble: Ensemb
         files[filename] = export_checked(net, meta, config, data.test.X, folder / filename)
         files[filename]["ood_threshold"] = meta.ood.threshold if meta.ood else None
         if kind == "hydra":
-            hydra_calibration = calibration_summary(meta, outputs["hydra"])
+            hydra_calibration = calibration_summary(meta, outputs["hydra"], data)
     return Exported(files, hydra_calibration)

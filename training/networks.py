@@ -23,6 +23,7 @@ from training.data import Dataset
 from training.registry import BODIES, HEADS, NetSpec
 from training.resnet import BlockHeadBank, ResNetBody  # importing it registers resnet and block
 from training.scaling import feature_stats, target_stats
+from training.uncertainty import to_target_units
 
 # The network API; the resnet parts are re-exported (and so registered wherever networks are built).
 __all__ = ["BODIES", "HEADS", "MIN_VARIANCE", "BlockHeadBank", "CNNBody", "Ensemble", "HeadBank",
@@ -176,15 +177,22 @@ class HydraNet(nn.Module):
         flat = x.reshape(x.shape[0], -1)  # [B, d]
         return (flat - self.x_mean) / self.x_std
 
+    def standardized_heads(self, z: torch.Tensor) -> torch.Tensor:
+        """Regression: per-head mean and variance [B, M, 2, D] in standardized target units
+        (the units training fits in), from normalized inputs [B, d]."""
+        raw = self.heads(self.body(z))  # [B, M, 2D]
+        d = self.spec.out_dim
+        return torch.stack([raw[..., :d], F.softplus(raw[..., d:]) + MIN_VARIANCE], dim=2)
+
+    def target_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training targets' mean and std [D]: standardized units -> target units."""
+        return self.y_mean, self.y_std
+
     def forward_normalized(self, z: torch.Tensor) -> torch.Tensor:
         """Per-head outputs from already normalized inputs [B, d] (for input perturbations)."""
-        raw = self.heads(self.body(z))  # [B, M, O]
         if self.spec.task == "classification":
-            return raw
-        d = self.spec.out_dim
-        mean = raw[..., :d] * self.y_std + self.y_mean  # [B, M, D]
-        var = (F.softplus(raw[..., d:]) + MIN_VARIANCE) * self.y_std**2  # [B, M, D]
-        return torch.stack([mean, var], dim=2)  # [B, M, 2, D]
+            return self.heads(self.body(z))  # [B, M, C]
+        return to_target_units(self.standardized_heads(z), self.y_mean, self.y_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_normalized(self.normalize(x))
@@ -206,6 +214,14 @@ class Ensemble(nn.Module):
 
     def forward_normalized(self, z: torch.Tensor) -> torch.Tensor:
         return torch.cat([m.forward_normalized(z) for m in self.members], dim=1)
+
+    def standardized_heads(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.cat([m.standardized_heads(z) for m in self.members], dim=1)
+
+    def target_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # Members are built for one data set (``build_network``) and keyed by its digest when
+        # loaded, so they share its target statistics.
+        return self.members[0].target_stats()
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return self.members[0].normalize(x)

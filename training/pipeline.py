@@ -25,7 +25,7 @@ from training.distill import Students, distill
 from training.evaluate import SplitOutputs, evaluate, parameter_counts
 from training.export import export_models
 from training.networks import Ensemble
-from training.publish import publish
+from training.publish import check_publishable, publish
 from training.report import write_report
 from training.teachers import Teachers, teachers
 from training.stream import TransferStream
@@ -92,8 +92,14 @@ def near_transfer(data: Dataset, transfer: TransferSet | TransferStream) -> dict
     return out
 
 
-def train(config: RunConfig, rt: Runtime, checkpoints: Checkpoints) -> Trained:
+def train(config: RunConfig, rt: Runtime, checkpoints: Checkpoints,
+          publish_to: Path | None = None) -> Trained:
+    """Load the data and train; with ``publish_to``, first make sure the run may publish there
+    (before any training time is spent)."""
     data = load_dataset(config.data)
+    if publish_to is not None:
+        check_publishable(publish_to, config.name, data.task, data.class_labels, data.feature_shape,
+                          config.export.replace_model)
     taught = teachers(data, config.model, config.ensemble, config.distill, rt, checkpoints)
     students = distill(data, taught.transfer, config.model, config.distill, rt, checkpoints)
     return Trained(data, taught, students)
@@ -156,7 +162,8 @@ def run_pipeline(config: RunConfig, repository: Path | None, stop_after: str = "
             teachers(load_dataset(config.data), config.model, config.ensemble, config.distill, rt,
                      checkpoints)
             return None
-        trained = train(config, rt, checkpoints)
+        repository = repository or Path("models")
+        trained = train(config, rt, checkpoints, repository if stop_after == "export" else None)
         if stop_after == "distill" or not rt.is_main:
             return None
         write = partial(write_version, config=config, trained=trained,
@@ -166,6 +173,6 @@ def run_pipeline(config: RunConfig, repository: Path | None, stop_after: str = "
             folder.mkdir(parents=True, exist_ok=True)
             write(folder)
             return folder
-        return publish(repository or Path("models"), config.name, write)
+        return publish(repository, config.name, write)
     finally:
         teardown_runtime(rt)

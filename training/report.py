@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from contract.model import UNCERTAINTY_COMPONENTS  # noqa: E402
+from training.baseline import baseline_beats  # noqa: E402
 from training.data import Dataset  # noqa: E402
 
 MODELS = ("ensemble", "kd", "hydra")
@@ -57,14 +58,61 @@ def _ood_hint(report: dict[str, Any]) -> str | None:
             "ignored settings say why not); with a streamed transfer set it runs every epoch.")
 
 
+def _per_class(report: dict[str, Any]) -> list[str]:
+    """Recall per class and model, and the share of each class's evaluated rows the OOD flag
+    fires on, with a line for each class the flag singles out."""
+    pc = report["per_class"]
+    models = [m for m in MODELS if m in pc["recall"]]
+    flags = (report.get("calibration") or {}).get("flag_rate_by_class")
+    header = ["class", "rows", *(f"{m} recall" for m in models)] + (["flagged as OOD"] if flags else [])
+    rows = [[label, count, *(pc["recall"][m][i] for m in models), *([flags[i]] if flags else [])]
+            for i, (label, count) in enumerate(zip(pc["labels"], pc["count"]))]
+    lines = ["## Per class (evaluated split)", ""] + _table(header, rows)
+    if flags:
+        overall = report["calibration"]["flag_rate"]["test"]
+        alpha = report["calibration"]["alpha"]
+        for label, count, rate in zip(pc["labels"], pc["count"], flags):
+            if rate is not None and count >= 5 and rate > max(2 * alpha, 2 * overall):
+                lines.append(f"The OOD flag fires on {rate:.0%} of the held-out rows of class "
+                             f"{label!r} ({count} rows) against {overall:.1%} overall: the threshold "
+                             "holds α over all classes together, and a rare class's rows look unusual "
+                             "to the model. More rows of that class, or class weights, help.")
+        lines.append("")
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     models = [m for m in MODELS if m in report["test"]]
     lines = [f"# Evaluation report: {report.get('name', '')}", "",
              f"Task: {report['task']}. Device: {report.get('device', '?')} "
              f"(world size {report.get('world_size', 1)}). Created {report.get('created', '?')}.", ""]
     metric_names = list(next(iter(report["test"].values())).keys())
+    splits = report.get("splits", {})
+    if "train" in splits:
+        lines += [f"Rows: {splits['train']} training, {splits.get('calibration', 0)} calibration, "
+                  f"{splits.get('test', 0)} evaluated (never trained on)."]
+        dropped = report.get("duplicates_dropped", {})
+        if dropped:
+            lines.append("Held-out rows whose inputs equal a row of an earlier split were dropped: "
+                         + ", ".join(f"{v} {k}" for k, v in dropped.items()) + ".")
+        lines.append("")
     lines += ["## Test set", ""]
-    lines += _table(["model", *metric_names], [[m, *report["test"][m].values()] for m in models])
+    rows = [[m, *report["test"][m].values()] for m in models]
+    baseline = report.get("baseline")
+    if baseline:
+        rows.append([f"baseline: {baseline['model']}", *(baseline["test"][k] for k in metric_names)])
+    lines += _table(["model", *metric_names], rows)
+    if baseline:
+        beats = baseline_beats(report)
+        if not baseline["converged"]:
+            lines += ["The baseline did not converge; its figures are a lower bound of what a linear "
+                      "model reaches.", ""]
+        if beats:
+            lines += [f"**The linear baseline beats the Hydra** on this split ({'; '.join(beats)}): "
+                      "the networks add nothing a linear model does not give here. Check the data "
+                      "(rows, features, leakage) and the training settings before serving it.", ""]
+    if "per_class" in report:
+        lines += _per_class(report)
     p = report["parameters"]
     lines += ["## Parameters", ""]
     lines += _table(["model", "parameters"], [[k, v] for k, v in p.items()])
@@ -78,8 +126,14 @@ def markdown(report: dict[str, Any]) -> str:
                         [[k, f"{v:,.0f}"] for k, v in report["training_samples_per_s"].items()])
     if "goals" in report and report["goals"]:
         lines += ["## Goals", ""]
-        lines += _table(["goal", "value", "target", "met"],
-                        [[k, g["value"], g["target"], g["met"]] for k, g in report["goals"].items()])
+        goals = report["goals"]
+        if any("ensemble" in g for g in goals.values()):
+            lines += _table(["goal", "Hydra", "ensemble", "target", "met"],
+                            [[k, g["value"], g.get("ensemble", ""), g["target"], g["met"]]
+                             for k, g in goals.items()])
+        else:
+            lines += _table(["goal", "value", "target", "met"],
+                            [[k, g["value"], g["target"], g["met"]] for k, g in goals.items()])
         hint = _ood_hint(report)
         if hint:
             lines += [hint, ""]
@@ -113,6 +167,12 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["## OOD calibration (Hydra)", "",
                   f"Score {c['score']}, threshold {c['threshold']:.5g} at target false-positive rate "
                   f"{c['alpha']} from {c['n_calibration']} calibration inputs never trained on.", ""]
+        if "alpha_held" in c and c["alpha_held"] > c["alpha"] * (1 + 1e-9):
+            lines += [f"**{c['n_calibration']} calibration inputs cannot hold α = {c['alpha']}**: the "
+                      f"smallest p-value they give is 1/{c['n_calibration'] + 1}, the threshold is "
+                      f"their maximum, and the rate it holds is {c['alpha_held']:.3g}. At least "
+                      f"{math.ceil(1 / c['alpha'] - 1)} are needed: more rows, or a larger "
+                      "`data.calibration_fraction`.", ""]
         lines += _table(["split", "flagged as OOD"], [[k, v] for k, v in c["flag_rate"].items()])
     if "transfer" in report:
         t = report["transfer"]
@@ -158,10 +218,13 @@ def markdown(report: dict[str, Any]) -> str:
         lines += _table(["head", *keys], [[i, *(ph[k][i] for k in keys)] for i in range(len(ph[keys[0]]))])
     if "export" in report:
         lines += ["## Export", ""]
+        units = ("; regression outputs in units of the target's std, variances and uncertainties in "
+                 "units of its square" if report["task"] == "regression" else "")
         for f, e in report["export"].items():
             worst = max(max(d.values()) for d in e["max_abs_diff"].values())
             lines.append(f"- `{f}`: {e['bytes']} bytes, opset {e['opset']}, ONNX Runtime vs PyTorch "
-                         f"max |diff| {worst:.2e} over every output (allowed {e['atol']} + {e['rtol']}·|x|).")
+                         f"max |diff| {worst:.2e} over every output (allowed {e['atol']} + {e['rtol']}·|x|"
+                         f"{units}).")
         lines.append("")
     lines += ["Plots: `reliability.png`, `uncertainty_hist.png`, `model_uncertainty_scatter.png`, `shift.png`.", ""]
     return "\n".join(lines)

@@ -19,7 +19,7 @@ from training.config import ConfigError, TransferConfig
 from training.networks import Ensemble
 from training.members import FileEnsemble
 from training.device import Runtime
-from training.uncertainty import derived_outputs
+from training.uncertainty import network_outputs
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def disagreement_ascent(teacher: Ensemble | FileEnsemble, z: torch.Tensor, cfg: 
             zb = z[i : i + 512].to(rt.device).float().clone()
             for _ in range(cfg.perturb_steps):
                 zb.requires_grad_(True)
-                score = derived_outputs(teacher.spec.task, teacher.forward_normalized(zb))["model_uncertainty"]
+                score = network_outputs(teacher, zb, teacher.spec.task, normalized=True)[1]["model_uncertainty"]
                 (grad,) = torch.autograd.grad(score.sum(), zb)
                 zb = (zb + cfg.perturb_step_size * grad.sign()).detach()
             out.append(zb.to(z.device))

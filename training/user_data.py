@@ -1,19 +1,24 @@
-"""Data as users keep it: CSV and npz files, folders of class sub-folders of image files, and
+"""Data as users keep it: CSV and npz files (folders of image files: ``training.images``), and
 class labels of any kind (integers, integral floats, strings) mapped to contiguous indices.
 
-Every problem is a ``DataError`` naming the file, the row and the column.
+Every problem is a ``DataError`` naming the file, the line and column (CSV: ``training.tables``)
+or the row and feature index (npz), what was found and what was expected.
 """
 
 from __future__ import annotations
 
-import csv
+import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from training import tables
 from training.config import DataConfig
-from training.data import Array, Dataset, DataError, check_arrays, tabular_dataset
+from training.data import Array, DataError, Dataset, check_arrays, finite_float32, tabular_dataset
+
+log = logging.getLogger(__name__)
 
 
 def _label_name(value: object) -> str:
@@ -22,7 +27,8 @@ def _label_name(value: object) -> str:
     return str(value)
 
 
-def encode_labels(y: np.ndarray, task: str, where: str) -> tuple[str, np.ndarray, tuple[str, ...]]:
+def encode_labels(y: np.ndarray, task: str, where: str, *, lines: Sequence[int] | None = None
+                  ) -> tuple[str, np.ndarray, tuple[str, ...]]:
     """The task, the targets the networks train on, and the class labels.
 
     Class labels may be integers, integral floats (as a CSV gives them) or strings; they are
@@ -30,7 +36,11 @@ def encode_labels(y: np.ndarray, task: str, where: str) -> tuple[str, np.ndarray
     metadata. ``task`` (classification | regression | "") is inferred only when the values
     leave no doubt: strings or booleans are classes, non-integral numbers are a regression
     target, two distinct values are a binary class; anything else asks for ``data.task``.
+    A row is named by its index (counted from 0), or by its file line when ``lines`` are given.
     """
+    def at(row: int) -> str:
+        return f"line {lines[row]}" if lines is not None else f"row {row}"
+
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim == 2:
@@ -56,13 +66,18 @@ def encode_labels(y: np.ndarray, task: str, where: str) -> tuple[str, np.ndarray
         task = "classification"
     elif y.dtype.kind in "iuf":
         if not np.all(np.isfinite(y)):
-            raise DataError(f"{where}: y has {int((~np.isfinite(y)).sum())} NaN/Inf values")
+            first = int(np.argwhere(~np.isfinite(y))[0][0])
+            drop = ('; rows whose target is NaN (missing) are left out with data.missing_targets = '
+                    '"drop"' if np.isnan(y).any() else "")
+            counted = "" if lines is not None else ", counted from 0"
+            raise DataError(f"{where}: y has {int((~np.isfinite(y)).sum())} NaN/Inf values (first "
+                            f"in {at(first)}{counted}){drop}")
         integral = bool(np.all(y == np.round(y)))
         distinct = np.unique(y)
         if task == "classification" and not integral:
             row = int(np.flatnonzero(y != np.round(y))[0])
-            raise DataError(f"{where}: class labels must be integers or strings, got {y[row].item()!r} in "
-                            f"row {row}")
+            raise DataError(f"{where}: class labels must be integers or strings, got "
+                            f"{y[row].item()!r} in {at(row)}")
         if task == "":
             if not integral:
                 task = "regression"
@@ -96,159 +111,116 @@ def _is_number(text: object) -> bool:
     return True
 
 
-def _read_csv(path: Path, target: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Numeric feature columns and the target column (numbers when every value is one,
-    strings otherwise). Errors name the row (1-based, header = row 1) and the column."""
+def _decoded(y: np.ndarray, path: Path) -> np.ndarray:
+    """Byte-string labels (dtype kind "S", as np.array([b"cat"]) makes) as text: UTF-8."""
+    flat = y.reshape(-1)
+    text = []
+    for k, value in enumerate(flat):
+        try:
+            text.append(value.decode("utf-8"))
+        except UnicodeDecodeError:
+            at = [int(i) for i in np.unravel_index(k, y.shape)]
+            raise DataError(f"{path}: y[{', '.join(map(str, at))}] = {bytes(value)!r} is not UTF-8 "
+                            f"text (row {at[0]}, counted from 0); store labels as str (dtype U) "
+                            "or UTF-8 bytes") from None
+    return np.array(text, dtype=str).reshape(y.shape)
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:  # a BOM is not part of a name
-            rows = list(csv.reader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path}: cannot be read as CSV: {exc}") from exc
-    rows = [r for r in rows if any(cell.strip() for cell in r)]
-    if len(rows) < 2:
-        raise DataError(f"{path}: expected a header row and data rows, found {len(rows)} rows")
-    header = [h.strip() for h in rows[0]]
-    for number, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header):
-            raise DataError(f"{path}: row {number} has {len(row)} fields, the header has {len(header)}")
-    if len(header) == 1 and any(sep in header[0] for sep in ";\t|"):
-        raise DataError(f"{path}: the header {header[0]!r} is one column; columns must be separated "
-                        "by commas")
-    col = header.index(target) if target in header else None
-    features = [i for i in range(len(header)) if i != col]
-    if not features:
-        raise DataError(f"{path}: no feature columns besides the target {target!r}")
-    X = np.empty((len(rows) - 1, len(features)), dtype=np.float64)
-    for r, row in enumerate(rows[1:]):
-        for j, i in enumerate(features):
-            try:
-                X[r, j] = float(row[i])
-            except ValueError:
-                raise DataError(f"{path}: row {r + 2}, column {header[i]!r}: expected a number, got "
-                                f"{row[i]!r}") from None
-    if col is None:
-        return X, None
-    values = [row[col].strip() for row in rows[1:]]
-    if all(_is_number(v) for v in values):
-        return X, np.array([float(v) for v in values])
-    if any(v == "" for v in values):
-        raise DataError(f"{path}: column {target!r} has empty values (first in row "
-                        f"{values.index('') + 2})")
-    return X, np.array(values)
+        with np.load(path, allow_pickle=False) as f:
+            if "X" not in f:
+                raise DataError(f"{path}: expected an array named 'X', found {sorted(f.files)}")
+            X, y = np.asarray(f["X"]), (np.asarray(f["y"]) if "y" in f else None)
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError) as exc:  # not an npz, or object arrays
+        raise DataError(f"{path}: cannot be read as .npz (numeric or string arrays X, y): "
+                        f"{exc}") from exc
+    if y is not None and y.dtype.kind == "S":
+        y = _decoded(y, path)
+    return X, y
 
 
-def _read_file(path: Path, target: str) -> tuple[np.ndarray, np.ndarray | None]:
+def _npz_missing_targets(X: np.ndarray, y: np.ndarray, how: str, path: Path
+                         ) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
+    """Text labels that mean "no value" (``tables.is_missing``) are refused with their rows, or
+    with ``how = "drop"`` their rows are left out, as are rows whose numeric target is NaN."""
+    if y.dtype.kind == "U":
+        flags = [tables.is_missing(v) for v in y.reshape(-1)]
+        missing = np.array(flags, dtype=bool).reshape(y.shape)
+    elif y.dtype.kind == "f":
+        missing = np.isnan(y)
+    else:
+        return X, y, {}
+    rows = np.flatnonzero(missing.reshape(len(y), -1).any(axis=1)) if y.ndim else np.array([], int)
+    if rows.size == 0:
+        return X, y, {}
+    if y.dtype.kind == "U" and how != "drop":
+        found = sorted({repr(str(v)) for v in y[missing].reshape(-1)})
+        shown = ", ".join(map(str, rows[:10])) + (f" and {rows.size - 10} more"
+                                                  if rows.size > 10 else "")
+        raise DataError(f"{path}: y has {rows.size} missing labels ({', '.join(found[:5])}) in "
+                        f"rows {shown} (counted from 0); fill them in, drop those rows, or set "
+                        "data.missing_targets = \"drop\" to leave them out")
+    if how != "drop":
+        return X, y, {}  # NaN: refused by encode_labels, with its row
+    keep = np.setdiff1d(np.arange(len(y)), rows)
+    log.info("%s: dropped %d rows whose target is missing", path, rows.size)
+    return X[keep], y[keep], {"rows_dropped_for_missing_target": int(rows.size)}
+
+
+def _ood_inputs(path: Path, target: str, shape: tuple[int, ...],
+                feature_names: Sequence[str] | None) -> Array:
+    """The OOD set ``data.ood_path``: float32 like the training features. A CSV file's
+    columns are matched to a training CSV's by name."""
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
-    if path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                if "X" not in f:
-                    raise DataError(f"{path}: expected an array named 'X', found {sorted(f.files)}")
-                return np.asarray(f["X"]), (np.asarray(f["y"]) if "y" in f else None)
-        except DataError:
-            raise
-        except (OSError, ValueError, EOFError) as exc:  # not an npz, or object arrays
-            raise DataError(f"{path}: cannot be read as .npz (numeric or string arrays X, y): "
-                            f"{exc}") from exc
+    lines = columns = None
     if path.suffix == ".csv":
-        return _read_csv(path, target)
-    raise DataError(f"{path}: expected a .npz (arrays X, y) or .csv file")
-
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-
-def _read_images(files: list[Path], config: DataConfig, where: str) -> np.ndarray:
-    """[N, C, H, W] uint8 pixel values 0-255 (a quarter of float32's size until the splits
-    are cut); every file resized to ``data.image_size`` or required to share one size."""
-    from PIL import Image, UnidentifiedImageError
-
-    if config.channels not in (1, 3):
-        raise DataError(f"data.channels must be 1 (grey) or 3 (RGB), got {config.channels}")
-    if config.image_size and len(config.image_size) != 2:
-        raise DataError(f"data.image_size must be [height, width], got {list(config.image_size)}")
-    mode = "L" if config.channels == 1 else "RGB"
-    out: np.ndarray | None = None
-    for i, file in enumerate(files):
-        try:
-            with Image.open(file) as img:
-                img = img.convert(mode)
-                if config.image_size:
-                    img = img.resize((config.image_size[1], config.image_size[0]), Image.BILINEAR)
-                pixels = np.asarray(img, dtype=np.uint8)  # modes L and RGB: 8 bits a channel
-        except (OSError, UnidentifiedImageError) as exc:
-            raise DataError(f"{file}: not an image that can be read: {exc}") from exc
-        pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)  # [C, H, W]
-        if out is None:
-            out = np.empty((len(files), *pixels.shape), dtype=np.uint8)
-        elif pixels.shape != out.shape[1:]:
-            raise DataError(f"{file}: {pixels.shape[2]}x{pixels.shape[1]} pixels, the first image of "
-                            f"{where} has {out.shape[3]}x{out.shape[2]}; set data.image_size = "
-                            "[height, width] to resize them all")
-        out[i] = pixels
-    if out is None:
-        raise DataError(f"{where}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-    return out
-
-
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def load_image_folder(config: DataConfig) -> Dataset:
-    """Images as users keep them: ``path/<class name>/<image files>``."""
-    root = Path(config.path)
-    if not root.is_dir():
-        raise DataError(f"data.path {root} is not a folder of class sub-folders")
-    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    files, labels = [], []
-    for folder in classes:
-        found = _image_files(folder)
-        files += found
-        labels += [folder.name] * len(found)
-    if len({*labels}) < 2:
-        raise DataError(f"{root}: expected at least 2 class sub-folders holding image files, found "
-                        f"{len({*labels})}")
-    X = _read_images(files, config, str(root))
-    task, y, names = encode_labels(np.array(labels), config.task or "classification", str(root))
-    X, y = check_arrays(X, y, task, str(root))
-    ood: dict[str, Array] = {}
-    if config.ood_path:
-        X_ood = _read_images(_image_files(Path(config.ood_path)), config, config.ood_path)
-        if X_ood.shape[1:] != X.shape[1:]:
-            raise DataError(f"{config.ood_path}: images of shape {list(X_ood.shape[1:])}, expected "
-                            f"{list(X.shape[1:])} like the training images")
-        ood = {Path(config.ood_path).name + "_ood": X_ood.astype(np.float32)}
-    data = tabular_dataset(root.name, X, y, task, config, names, ood)
-    return replace(data, preprocessing={"input": f"image [{X.shape[1]}, {X.shape[2]}, {X.shape[3]}] "
-                                                 "(channels, height, width), pixel values 0-255"})
+        table = tables.read_features(path, target, feature_names)
+        X, lines, columns = table.X, table.lines, table.feature_names
+    elif path.suffix == ".npz":
+        X, _ = _read_npz(path)
+    else:
+        raise DataError(f"{path}: expected a .npz (array X) or .csv file")
+    if X.dtype.kind not in "biuf":
+        raise DataError(f"{path}: X must be numeric, got dtype {X.dtype}")
+    if X.shape[1:] != shape:
+        raise DataError(f"{path}: OOD features have shape {list(X.shape[1:])}, expected "
+                        f"{list(shape)} like the training data")
+    return finite_float32(X, str(path), lines=lines, columns=columns)
 
 
 def load_user_file(config: DataConfig) -> Dataset:
+    """A CSV file (``training.tables``) or an npz file of arrays X and y."""
     path = Path(config.path)
-    X, y = _read_file(path, config.target)
-    if y is None:
-        raise DataError(f"{path}: no target found (array 'y' or column {config.target!r})")
     if config.task not in ("", "classification", "regression"):
         raise DataError(f"data.task must be classification or regression, got {config.task!r}")
-    if X.ndim >= 1 and y.ndim >= 1 and X.shape[0] != y.shape[0]:
-        raise DataError(f"{path}: X has {X.shape[0]} rows but y has {y.shape[0]}")
-    task, y, labels = encode_labels(y, config.task, str(path))
-    X, y = check_arrays(X, y, task, str(path))
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    lines = columns = None
+    if path.suffix == ".csv":
+        table = tables.read_table(path, config.target, config.task, config.missing_targets)
+        X, y, lines, columns = table.X, table.y, table.lines, table.feature_names
+        preprocessing = table.preprocessing
+    elif path.suffix == ".npz":
+        X, y = _read_npz(path)
+        if y is None:
+            raise DataError(f"{path}: no target found (array 'y')")
+        if X.ndim >= 1 and y.ndim >= 1 and X.shape[0] != y.shape[0]:
+            raise DataError(f"{path}: X has {X.shape[0]} rows but y has {y.shape[0]}")
+        X, y, preprocessing = _npz_missing_targets(X, y, config.missing_targets, path)
+    else:
+        raise DataError(f"{path}: expected a .npz (arrays X, y) or .csv file")
+    task, y, labels = encode_labels(y, config.task, str(path), lines=lines)
+    X, y = check_arrays(X, y, task, str(path), lines=lines, columns=columns)
     ood: dict[str, Array] = {}
     if config.ood_path:
-        X_ood, _ = _read_file(Path(config.ood_path), config.target)
-        if X_ood.dtype.kind not in "biuf":
-            raise DataError(f"{config.ood_path}: X must be numeric, got dtype {X_ood.dtype}")
-        with np.errstate(over="ignore"):
-            X_ood = X_ood.astype(np.float32)
-        if X_ood.shape[1:] != X.shape[1:]:
-            raise DataError(
-                f"{config.ood_path}: OOD features have shape {list(X_ood.shape[1:])}, "
-                f"expected {list(X.shape[1:])} like the training data"
-            )
-        if not np.all(np.isfinite(X_ood)):
-            raise DataError(f"{config.ood_path}: X has NaN/Inf values")
-        ood = {path.stem + "_ood": X_ood}
-    return tabular_dataset(path.stem, X, y, task, config, labels, ood)
+        ood = {path.stem + "_ood": _ood_inputs(Path(config.ood_path), config.target, X.shape[1:],
+                                               columns)}
+    data = tabular_dataset(path.stem, X, y, task, config, labels, ood)
+    # Only what a file told: a model of the offline defaults keeps its metadata as it was.
+    if not preprocessing:
+        return data
+    return replace(data, preprocessing={**data.preprocessing, **preprocessing})

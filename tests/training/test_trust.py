@@ -15,7 +15,7 @@ from scipy.special import log_softmax
 from contract.model import ModelMetadata, output_names
 from training import ensemble as ensemble_module
 from training.cli import main as cli_main
-from training.config import ExportConfig, ModelConfig, RunConfig
+from training.config import ConfigError, ExportConfig, ModelConfig, RunConfig
 from training.data import load_dataset
 from training.distill import distill
 from training.export import export_checked
@@ -66,7 +66,12 @@ def test_rewritten_data_file_retrains(tiny_config: RunConfig, tmp_path: Path,
     assert _test_accuracy(second) > 0.95  # a stale model would score about 0 here
 
     _blobs(data_file, features=6)  # same path, more features: a clean retrain, no traceback
-    third = run_pipeline(config, repo)
+    # ... refused under the same name before any training (clients of "blobs" send 4 features),
+    with pytest.raises(ConfigError, match=r"this run has feature shape \[6\] \(version 2: \[4\]\)"):
+        run_pipeline(config, repo)
+    assert sorted(p.name for p in (repo / "blobs").iterdir()) == ["1", "2"]
+    # ... and published when the config says so.
+    third = run_pipeline(replace(config, export=replace(config.export, replace_model=True)), repo)
     session = ort.InferenceSession(str(third / "model.onnx"), providers=["CPUExecutionProvider"])
     assert ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map).feature_shape == (6,)
 
@@ -177,7 +182,7 @@ def test_data_errors_exit_2_without_traceback(tmp_path: Path, capsys: pytest.Cap
     bad.write_text("a,b,target\n1,2,0\n3,0\n")
     assert cli_main(["run", "--set", 'data.source="csv"', "--set", f'data.path="{bad}"']) == 2
     err = capsys.readouterr().err
-    assert "row 3 has 2 fields, the header has 3" in err and "Traceback" not in err
+    assert "line 3 has 2 fields, the header (line 1) has 3" in err and "Traceback" not in err
     labels = tmp_path / "labels.npz"
     np.savez(labels, X=np.zeros((40, 2)), y=np.arange(40) % 3)
     assert cli_main(["run", "--set", 'data.source="npz"', "--set", f'data.path="{labels}"']) == 2

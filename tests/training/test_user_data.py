@@ -77,12 +77,12 @@ def test_one_hot_labels_are_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("text, message", [
-    ("a,b,target\n1,2,0\n3,0\n", r"row 3 has 2 fields, the header has 3"),
-    ("a,b,target\n1,2,0\n3,x,1\n", r"row 3, column 'b': expected a number, got 'x'"),
-    ("a,b,target\n1,2,0\n3,,1\n", r"row 3, column 'b': expected a number, got ''"),
+    ("a,b,target\n1,2,0\n3,0\n", r"line 3 has 2 fields, the header \(line 1\) has 3"),
+    ("a,b,target\n1,2,0\n3,x,1\n", r"line 3, column 'b': expected a number, got 'x'"),
+    ("a,b,target\n1,2,0\n3,,1\n", r"line 3, column 'b': missing value \(an empty cell\)"),
     ("a,b,target\n", r"expected a header row and data rows, found 1 rows"),
-    ("a,b,label\n1,2,0\n3,4,1\n", r"no target found \(array 'y' or column 'target'\)"),
-    ("a;b;target\n1;2;0\n3;4;1\n", r"the header 'a;b;target' is one column; columns must be separated by commas"),
+    ("a,b,label\n1,2,0\n3,4,1\n", r"no column 'target' \(data.target\) among the columns 'a', 'b', 'label'"),
+    ("a|b|target\n1|2|0\n3|4|1\n", r"the header 'a\|b\|target' is one column; separate columns by commas, semicolons or tabs"),
 ])
 def test_malformed_csv_names_row_and_column(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "d.csv"
