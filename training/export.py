@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,73 @@ def calibrate(derived: dict[str, np.ndarray], config: CalibrationConfig) -> tupl
     return ood, drift
 
 
+# How the calibration inputs are laid out in batches when their served scores are taken: alone,
+# at every position of small batches (ONNX Runtime's kernels round a row differently by its
+# position in a block of rows and by the batch's size), in a batch the size of the service's
+# default largest, and all at once. (batch size, rotation of the rows); 0 = all rows.
+SERVED_LAYOUTS: tuple[tuple[int, int], ...] = (
+    (1, 0), *((b, r) for b in (2, 3, 4, 5, 8) for r in range(min(b, 4))), (64, 0), (0, 0))
+
+
+@dataclass(frozen=True)
+class ServedScores:
+    """The derived outputs ONNX Runtime gives the calibration inputs, as the service runs the
+    file: per output, the largest value over the batch layouts (``largest``) and the values
+    of the whole split in one batch (``whole``); and how far one input's score moved between
+    layouts (``jitter``: the largest absolute and relative move of the OOD score)."""
+
+    largest: dict[str, np.ndarray]
+    whole: dict[str, np.ndarray]
+    jitter: dict[str, float]
+
+
+def served_scores(model: onnx.ModelProto, X: np.ndarray, names: tuple[str, ...],
+                  score: str) -> ServedScores:
+    session = ort.InferenceSession(model.SerializeToString(), session_options(),
+                                   providers=["CPUExecutionProvider"])
+    n = len(X)
+    runs: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    whole: dict[str, np.ndarray] = {}
+    for size, rotation in SERVED_LAYOUTS:
+        order = np.roll(np.arange(n), rotation)
+        size = size or n
+        got = {name: np.empty(n, dtype=np.float64) for name in names}
+        for start in range(0, n, size):
+            rows = order[start:start + size]
+            for name, value in zip(names, session.run(list(names), {INPUT_NAME: X[rows].astype(np.float32)})):
+                got[name][rows] = value
+        for name in names:
+            runs[name].append(got[name])
+        if size == n and rotation == 0:
+            whole = got
+    stacked = {name: np.stack(v) for name, v in runs.items()}  # [layouts, n]
+    moved = stacked[score].max(0) - stacked[score].min(0)
+    scale = np.maximum(np.abs(stacked[score]).max(0), np.finfo(np.float32).tiny)
+    return ServedScores({name: v.max(0) for name, v in stacked.items()}, whole,
+                        {"max_abs": float(moved.max()), "max_rel": float((moved / scale).max()),
+                         "layouts": len(SERVED_LAYOUTS)})
+
+
+def calibrate_served(model: onnx.ModelProto, X: np.ndarray,
+                     config: CalibrationConfig) -> tuple[OodCalibration, dict[str, DriftReference], dict[str, Any]]:
+    """The OOD threshold and drift references of the exported graph as ONNX Runtime runs it.
+
+    The threshold is the (1 - alpha) quantile of each calibration input's largest score over
+    the batch layouts, so no calibration input at or below it is flagged whatever batch the
+    service puts it in, and the served flag rate on the calibration inputs stays at most alpha
+    (scores move by about 1e-8 between layouts; measured and reported as ``score_jitter``).
+    The drift references are the scores of the split in one batch. Returns also what the
+    calibration inputs' flags are under the worst layout (``served_flag_rate``)."""
+    names = tuple(f"{c}_uncertainty" for c in UNCERTAINTY_COMPONENTS)
+    served = served_scores(model, X, names, config.score)
+    ood = OodCalibration.from_scores(served.largest[config.score], alpha=config.alpha, score=config.score)
+    drift = {c: DriftReference.from_scores(served.whole[f"{c}_uncertainty"], config.drift_bins)
+             for c in UNCERTAINTY_COMPONENTS}
+    figures = {"score_jitter": served.jitter,
+               "served_flag_rate": float(ood.is_ood(served.largest[config.score]).mean())}
+    return ood, drift, figures
+
+
 def _strip_local_metadata(model: onnx.ModelProto) -> None:
     """Drop per-node metadata and doc strings: the exporter records local source paths there."""
     def clean(graph: onnx.GraphProto) -> None:
@@ -92,10 +159,16 @@ def to_onnx(net: nn.Module, meta: ModelMetadata, config: ExportConfig) -> onnx.M
     program.save(buf)  # type: ignore[union-attr]
     model = onnx.load_from_string(buf.getvalue())
     _strip_local_metadata(model)
+    set_metadata(model, meta)
+    return model
+
+
+def set_metadata(model: onnx.ModelProto, meta: ModelMetadata) -> None:
+    """Write ``meta`` as the file's metadata_props (replacing any), then run the checker."""
+    del model.metadata_props[:]
     for key, value in meta.to_props().items():
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model, full_check=True)
-    return model
 
 
 @dataclass(frozen=True)
@@ -149,10 +222,21 @@ def output_units(net: nn.Module, meta: ModelMetadata) -> dict[str, np.ndarray]:
 
 
 def export_checked(net: nn.Module, meta: ModelMetadata, config: ExportConfig, real_inputs: np.ndarray,
-                   path: Path, seed: int = 0) -> dict[str, Any]:
-    """Export, check, and write ``path`` atomically. Returns the parity figures for the report."""
+                   path: Path, seed: int = 0,
+                   calibration: tuple[np.ndarray, CalibrationConfig] | None = None) -> dict[str, Any]:
+    """Export, check, and write ``path`` atomically. Returns the parity figures for the report.
+
+    With ``calibration`` (the calibration inputs and settings), the OOD threshold and drift
+    references in the file are computed from the exported graph run in ONNX Runtime
+    (``calibrate_served``), replacing ``meta``'s; the figures then hold the file's metadata
+    (``"metadata"``) and the calibration's jitter and served flag rate."""
     net = net.eval().cpu().float()
     model = to_onnx(net, meta, config)
+    served: dict[str, Any] = {}
+    if calibration is not None:
+        ood, drift, served = calibrate_served(model, *calibration)
+        meta = replace(meta, ood=ood, drift=drift)
+        set_metadata(model, meta)
     rng = np.random.default_rng(seed)
     lo, hi = real_inputs.min(axis=0), real_inputs.max(axis=0)
     random_inputs = rng.uniform(lo, hi, size=(64, *real_inputs.shape[1:])).astype(np.float32)
@@ -165,7 +249,7 @@ def export_checked(net: nn.Module, meta: ModelMetadata, config: ExportConfig, re
     log.info("exported %s (%d outputs, parity max |diff| %.2e)", path, len(meta.output_names), worst)
     return {"file": path.name, "opset": config.opset, "atol": config.atol, "rtol": config.rtol,
             "max_abs_diff": parity, "bytes": path.stat().st_size,
-            "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "metadata": meta, **served}
 
 
 def model_metadata(data: Dataset, kind: str, num_heads: int, calibration: SplitOutputs,
@@ -235,10 +319,15 @@ def export_models(folder: Path, data: Dataset, hydra: HydraNet, ensemble: Ensemb
     if ensemble is not None:
         to_export["ensemble.onnx"] = (ensemble, "ensemble")
     for filename, (net, kind) in to_export.items():
+        # PyTorch's calibration first; export replaces it with the served graph's own.
         meta = model_metadata(data, kind, net.num_heads, outputs[kind]["calibration"], calibration,
                               summaries[kind])
-        files[filename] = export_checked(net, meta, config, data.test.X, folder / filename)
-        files[filename]["ood_threshold"] = meta.ood.threshold if meta.ood else None
+        figures = export_checked(net, meta, config, data.test.X, folder / filename,
+                                 calibration=(data.calibration.X, calibration))
+        meta = figures.pop("metadata")
+        files[filename] = {**figures, "ood_threshold": meta.ood.threshold if meta.ood else None}
         if kind == "hydra":
-            hydra_calibration = calibration_summary(meta, outputs["hydra"], data)
+            hydra_calibration = {**calibration_summary(meta, outputs["hydra"], data),
+                                 "score_jitter": figures["score_jitter"],
+                                 "served_flag_rate_calibration": figures["served_flag_rate"]}
     return Exported(files, hydra_calibration)

@@ -167,6 +167,14 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["## OOD calibration (Hydra)", "",
                   f"Score {c['score']}, threshold {c['threshold']:.5g} at target false-positive rate "
                   f"{c['alpha']} from {c['n_calibration']} calibration inputs never trained on.", ""]
+        if "score_jitter" in c:
+            j = c["score_jitter"]
+            lines += [f"The threshold and the drift references come from the exported graph run in "
+                      f"ONNX Runtime, as served. A calibration input's score moves by up to "
+                      f"{j['max_abs']:.2g} ({j['max_rel']:.2g} of its value) between batch layouts "
+                      f"({j['layouts']} tried); the threshold is taken over each input's largest, so "
+                      f"{c['served_flag_rate_calibration']:.2%} of the calibration inputs are flagged "
+                      "under any of them.", ""]
         if "alpha_held" in c and c["alpha_held"] > c["alpha"] * (1 + 1e-9):
             lines += [f"**{c['n_calibration']} calibration inputs cannot hold α = {c['alpha']}**: the "
                       f"smallest p-value they give is 1/{c['n_calibration'] + 1}, the threshold is "

@@ -132,9 +132,13 @@ def render_regression(report: dict[str, Any]) -> str:
     models = [m for m in ("ensemble", "kd", "hydra") if m in report["test"]]
     names = {"ensemble": "ensemble", "kd": "KD student", "hydra": "Hydra"}
     lines = [f"Test set: {report['splits']['test']} rows, target units; device {report['device']}.", ""]
-    lines += _table(["model", "RMSE", "Gaussian NLL", "95% interval coverage"],
-                    [[names[m], _f(report["test"][m]["rmse"], 2), _f(report["test"][m]["nll"]),
-                      _f(report["test"][m]["coverage_95"])] for m in models])
+    rows = [[names[m], _f(report["test"][m]["rmse"], 2), _f(report["test"][m]["nll"]),
+             _f(report["test"][m]["coverage_95"])] for m in models]
+    baseline = report.get("baseline")
+    if baseline:  # the linear yardstick every report carries
+        b = baseline["test"]
+        rows.append([f"baseline: {baseline['model']}", _f(b["rmse"], 2), _f(b["nll"]), _f(b["coverage_95"])])
+    lines += _table(["model", "RMSE", "Gaussian NLL", "95% interval coverage"], rows)
     rows = []
     for ood, entry in report["ood_detection"].items():
         rows.append([ood.replace("_", " "), *(_f(entry[m]["model_uncertainty"]["auroc"]) for m in models)])
