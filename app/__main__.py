@@ -1,4 +1,5 @@
-"""``hydra-serve``: read the settings, set up logging (and multiprocess metrics), run uvicorn."""
+"""``hydra-serve``: read the settings, set up logging (and multiprocess metrics), run uvicorn
+(with the bounded HTTP parser of app/http_server.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import tempfile
 import uvicorn
 from pydantic import ValidationError
 
+from app.http_server import uvicorn_options
 from app.monitoring.live_gauges import clear_stale_files
 from app.monitoring.logs import configure_logging
 from app.settings import Settings
@@ -24,13 +26,8 @@ def main() -> None:
     except ValidationError as exc:
         sys.exit(f"hydra-serve: invalid settings (HYDRA_* environment variables):\n{exc}")
     configure_logging(settings.log_level, settings.log_format)
-    common = dict(
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=max(1, int(settings.request_timeout_s) + 1),
-    )
+    # uvicorn with its httptools parser, the request head bounded (app/http_server.py).
+    common = uvicorn_options(settings)
     if settings.workers == 1:
         from app.main import create_app
 

@@ -56,6 +56,28 @@ class BodyTooLarge(ServiceError):
     status = 413
 
 
+class UnsupportedMediaType(ServiceError):
+    """The body's Content-Type (or Content-Encoding) is not one the route reads."""
+
+    code = "unsupported_media_type"
+    status = 415
+
+
+class UrlTooLong(ServiceError):
+    """The request target is over ``max_url_bytes``: refused by the HTTP server, before routing."""
+
+    code = "url_too_long"
+    status = 414
+
+
+class HeadersTooLarge(ServiceError):
+    """The header fields are over ``max_header_bytes`` or ``max_headers``: refused by the HTTP
+    server while it reads them, before routing."""
+
+    code = "headers_too_large"
+    status = 431
+
+
 class Unauthenticated(ServiceError):
     code = "unauthenticated"
     status = 401

@@ -7,14 +7,16 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from app.api.error_responses import install_error_handlers
-from app.api.middleware import RequestMiddleware
+from app.api.middleware import RequestMiddleware, refusal_counter
 from app.api.routes import install_routes
 from app.api.v2 import SERVER_VERSION
+from app.http_server import REFUSAL_HOOK
 from app.monitoring.service_metrics import ServiceMetrics
 from app.service import InferenceService
 from app.serving.repository import ModelRepository
@@ -24,16 +26,18 @@ logger = logging.getLogger(__name__)
 
 
 def _lifespan(
-    settings: Settings, repository: ModelRepository
-) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    settings: Settings, repository: ModelRepository, metrics: ServiceMetrics
+) -> Callable[[FastAPI], AbstractAsyncContextManager[dict[str, Any]]]:
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         settings.log_summary()
         # One thread parses large bodies (app.api.parsing.off_loop); the event loop never does.
         app.state.parser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parse")
         await repository.start()
         try:
-            yield
+            # The lifespan state reaches the server: app/http_server.py counts the requests it
+            # refuses before they reach the application (request heads over a limit) with it.
+            yield {REFUSAL_HOOK: refusal_counter(metrics)}
         finally:
             app.state.parser.shutdown(wait=False, cancel_futures=True)
             # uvicorn has stopped taking requests and finished those in flight; now the
@@ -53,7 +57,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         title="Hydra serving",
         summary="One multi-headed network that keeps an ensemble's uncertainty",
         version=SERVER_VERSION,
-        lifespan=_lifespan(settings, repository),
+        lifespan=_lifespan(settings, repository, metrics),
         # FastAPI's OpenTelemetry hooks look the global providers up on every request; the
         # service exports its own metrics and access log instead.
         telemetry={"tracing": False, "metrics": False, "logs": False},

@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(10.0, gt=0.0, le=600.0)
 
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, le=1024**3)
+    # The request head, bounded by the HTTP server while it reads it (app/http_server.py),
+    # before anything routes or buffers more: the request target (path and query; 414), the
+    # header fields' names and values together (431), and their number (431).
+    max_url_bytes: int = Field(8 * 1024, ge=256, le=1024**2)
+    max_header_bytes: int = Field(16 * 1024, ge=1024, le=1024**2)
+    max_headers: int = Field(100, ge=16, le=10_000)
     max_instances: int = Field(256, ge=1, le=100_000)  # per request
 
     # Bounded work per request. max_response_values: the largest answer, counted as

@@ -222,7 +222,14 @@ def run_bare_server(port: int, size: int, starlette_route: int = 0) -> None:
     async def health() -> dict[str, bool]:
         return {"ok": True}
 
-    uvicorn.run(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+    # The service's HTTP protocol too (uvicorn's httptools parser with the request head
+    # bounded, app/http_server.py), so that the two differ only by the application.
+    sys.path.insert(0, str(ROOT))
+    from app.http_server import uvicorn_options
+    from app.settings import Settings
+
+    http = uvicorn_options(Settings())["http"]
+    uvicorn.run(app, host="127.0.0.1", port=port, log_config=None, access_log=False, http=http)
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -5,8 +5,9 @@ The service (``hydra-serve``, one uvicorn worker, default settings) runs as a su
 127.0.0.1 over a temporary repository of small contract models (tests/app/contract_models.py,
 built without training). For ``--minutes`` minutes, ``--concurrency`` clients send a weighted
 mix of requests (valid V1/V2 predictions, huge and non-finite numbers, duplicate outputs,
-unicode version ids, bad JSON, oversized bodies, wrong shapes, unknown models) while a
-publisher adds a version every ``--publish-every`` seconds, cycling through: a good version by
+unicode version ids, bad JSON, oversized bodies, text/plain bodies, oversized headers, wrong
+shapes, unknown models) while a publisher adds a version every ``--publish-every`` seconds,
+cycling through: a good version by
 atomic folder rename, a corrupt file, a good file copied into place byte by byte without a
 rename, and another good one; only the newest four versions are kept (older folders are
 deleted, so unloading is exercised too).
@@ -60,6 +61,7 @@ class Probe:
     path: str
     body: bytes | None
     content_type: str = "application/json"
+    headers: dict[str, str] | None = None
 
 
 def _v2(rows: np.ndarray, outputs: list[str] | None = None, version: str | None = None) -> tuple[str, bytes]:
@@ -83,6 +85,7 @@ class Traffic:
             ("huge floats", 5), ("non-finite tokens", 4), ("duplicate outputs", 4),
             ("unicode version", 4), ("bad json", 5), ("wrong shape", 4), ("unknown model", 3),
             ("not json", 2), ("oversized body", 1), ("metadata", 2), ("health", 2),
+            ("text/plain body", 1), ("oversized headers", 1),
         ]
 
     def _rows(self, source: np.ndarray) -> np.ndarray:
@@ -124,6 +127,10 @@ class Traffic:
             return Probe(kind, "POST", "/v1/models/nope:predict", json.dumps({"instances": rows.tolist()}).encode())
         if kind == "not json":
             return Probe(kind, "POST", v1, b"instances=1,2,3", "application/x-www-form-urlencoded")
+        if kind == "text/plain body":  # what a web page can post cross-site: 415
+            return Probe(kind, "POST", v1, json.dumps({"instances": rows.tolist()}).encode(), "text/plain")
+        if kind == "oversized headers":  # past HYDRA_MAX_HEADER_BYTES: 431, connection closed
+            return Probe(kind, "GET", "/v2/health/ready", None, headers={"X-Big": "a" * 64 * 1024})
         if kind == "oversized body":
             return Probe(kind, "POST", v1, b'{"instances": [' + b"1.0," * (self.max_body // 4 + 10) + b"1.0]}")
         if kind == "metadata":
@@ -157,8 +164,9 @@ async def client(url: str, traffic: Traffic, record: Record, start: float, stop:
             probe = traffic.next()
             t0 = time.monotonic()
             try:
+                headers = {"Content-Type": probe.content_type} if probe.body else {}
                 r = await http.request(probe.method, probe.path, content=probe.body,
-                                       headers={"Content-Type": probe.content_type} if probe.body else None)
+                                       headers={**headers, **(probe.headers or {})})
                 status, text = r.status_code, r.text
             except httpx.HTTPError as exc:
                 status, text = 0, f"{type(exc).__name__}: {exc}"

@@ -22,28 +22,58 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from contract.checks import ContractError, listed, number, show
+
 # Empty bins would make ln(a/e) infinite; fractions are floored at this value.
 PSI_FLOOR = 1e-4
 DEFAULT_BINS = 10
 
 
+SUM_TOLERANCE = 1e-6  # expected fractions must sum to 1 within this
+
+
+def check_reference(edges: tuple[float, ...], expected: tuple[float, ...], where: str) -> None:
+    """Interior bin edges finite and strictly increasing (at least one: two bins, so the
+    chi-square test has a degree of freedom), one more fraction than edges, each fraction
+    finite and >= 0, summing to 1."""
+    e = [number(v, f"{where}: edges[{i}]") for i, v in enumerate(edges)]
+    f = [number(v, f"{where}: expected[{i}]") for i, v in enumerate(expected)]
+    if not e:
+        raise ContractError(
+            f"{where}: edges is empty, expected at least 1 interior bin edge (2 bins)"
+        )
+    for i, (a, b) in enumerate(zip(e, e[1:])):
+        if not b > a:
+            raise ContractError(
+                f"{where}: edges are not strictly increasing (edges[{i + 1}] = {b!r} after "
+                f"edges[{i}] = {a!r})"
+            )
+    if len(f) != len(e) + 1:
+        raise ContractError(
+            f"{where}: {len(f)} expected fractions for {len(e)} edges, expected {len(e) + 1} "
+            "(one per bin)"
+        )
+    for i, v in enumerate(f):
+        if v < 0.0:
+            raise ContractError(f"{where}: expected[{i}] is {v!r}, expected a fraction >= 0")
+    total = math.fsum(f)
+    if abs(total - 1.0) > SUM_TOLERANCE:
+        raise ContractError(f"{where}: expected fractions sum to {total!r}, expected 1")
+
+
 @dataclass(frozen=True)
 class DriftReference:
-    """Interior bin edges [K-1] and expected fractions [K] of a reference distribution."""
+    """Interior bin edges [K-1] and expected fractions [K] of a reference distribution.
+
+    Checked on construction (``check_reference``): a reference that is not finite, not
+    increasing or does not sum to 1 would make the drift statistics meaningless (a NaN
+    fraction passes no comparison and silences the alert for good)."""
 
     edges: tuple[float, ...]
     expected: tuple[float, ...]
 
     def __post_init__(self) -> None:
-        if len(self.expected) != len(self.edges) + 1:
-            raise ValueError(
-                f"expected {len(self.edges) + 1} fractions for {len(self.edges)} edges, "
-                f"got {len(self.expected)}"
-            )
-        if any(b <= a for a, b in zip(self.edges, self.edges[1:])):
-            raise ValueError("drift bin edges must be strictly increasing")
-        if abs(sum(self.expected) - 1.0) > 1e-6:
-            raise ValueError(f"expected fractions must sum to 1, got {sum(self.expected):.6f}")
+        check_reference(self.edges, self.expected, "hydra.drift")
 
     @classmethod
     def from_scores(cls, scores: npt.ArrayLike, n_bins: int = DEFAULT_BINS) -> DriftReference:
@@ -124,8 +154,20 @@ class DriftReference:
         return {"edges": list(self.edges), "expected": list(self.expected)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DriftReference:
-        return cls(tuple(float(e) for e in d["edges"]), tuple(float(f) for f in d["expected"]))
+    def from_dict(cls, d: Any, where: str = "hydra.drift") -> DriftReference:
+        """Parse one component's reference (``where`` names it in messages): JSON numbers
+        only, then every check of the constructor."""
+        if not isinstance(d, dict):
+            raise ContractError(f"{where} is {show(d)}, expected a JSON object")
+        missing = [k for k in ("edges", "expected") if k not in d]
+        if missing:
+            raise ContractError(f"{where}: {', '.join(missing)} missing")
+        edges = tuple(number(v, f"{where}: edges[{i}]")
+                      for i, v in enumerate(listed(d["edges"], f"{where}: edges")))
+        expected = tuple(number(v, f"{where}: expected[{i}]")
+                         for i, v in enumerate(listed(d["expected"], f"{where}: expected")))
+        check_reference(edges, expected, where)
+        return cls(edges, expected)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from contract.checks import ContractError, finite_json, integer, listed, show
 from contract.drift import DriftReference
 from contract.ood import OodCalibration
 
@@ -31,13 +32,11 @@ UNCERTAINTY_OUTPUTS: tuple[str, ...] = tuple(f"{c}_uncertainty" for c in UNCERTA
 
 Task = Literal["classification", "regression"]
 Kind = Literal["hydra", "ensemble", "kd"]
+TASKS: tuple[str, ...] = ("classification", "regression")
+KINDS: tuple[str, ...] = ("hydra", "ensemble", "kd")
 
 # Keys of ``metadata_props``. Every value is a JSON string.
 META_PREFIX = "hydra."
-
-
-class ContractError(ValueError):
-    """A model file does not follow the contract; the message says what was expected."""
 
 
 def head_names(num_heads: int) -> list[str]:
@@ -72,21 +71,76 @@ class ModelMetadata:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        if self.task not in ("classification", "regression"):
-            raise ContractError(f"task must be 'classification' or 'regression', got {self.task!r}")
-        if self.num_heads < 1:
-            raise ContractError(f"num_heads must be >= 1, got {self.num_heads}")
-        if not self.feature_shape or any(int(d) < 1 for d in self.feature_shape):
-            raise ContractError(f"feature_shape must be positive dims, got {self.feature_shape}")
-        if self.task == "classification" and len(self.class_labels) < 2:
+        """Every field checked, for a file being read and for metadata training is about to
+        write alike: a value out of range, not finite or inconsistent with the rest is a
+        ContractError naming its ``hydra.*`` key."""
+        version = self.format_version
+        number_type = isinstance(version, (int, float)) and not isinstance(version, bool)
+        if not number_type or version != FORMAT_VERSION:
             raise ContractError(
-                f"a classifier needs at least 2 class labels, got {len(self.class_labels)}"
+                f"{META_PREFIX}format_version is {show(version)}, expected {FORMAT_VERSION}"
+            )
+        if self.task not in TASKS:
+            raise ContractError(
+                f"{META_PREFIX}task is {show(self.task)}, expected 'classification' or 'regression'"
+            )
+        if self.kind not in KINDS:
+            raise ContractError(
+                f"{META_PREFIX}kind is {show(self.kind)}, expected one of {', '.join(KINDS)}"
+            )
+        integer(self.num_heads, f"{META_PREFIX}num_heads", 1)
+        if not self.feature_shape:
+            raise ContractError(f"{META_PREFIX}feature_shape is empty, expected positive integers")
+        for i, d in enumerate(self.feature_shape):
+            integer(d, f"{META_PREFIX}feature_shape[{i}]", 1)
+        for i, label in enumerate(self.class_labels):
+            if not isinstance(label, str):
+                raise ContractError(
+                    f"{META_PREFIX}class_labels[{i}] is {show(label)}, expected a string"
+                )
+        output_dim = integer(self.output_dim, f"{META_PREFIX}output_dim", 1)
+        if self.task == "classification":
+            if len(self.class_labels) < 2:
+                raise ContractError(
+                    f"{META_PREFIX}class_labels: a classifier needs at least 2 class labels, "
+                    f"got {len(self.class_labels)}"
+                )
+            if len(set(self.class_labels)) != len(self.class_labels):
+                twice = sorted({c for c in self.class_labels if self.class_labels.count(c) > 1})
+                raise ContractError(
+                    f"{META_PREFIX}class_labels are not distinct: "
+                    f"{', '.join(map(repr, twice[:5]))} "
+                    "more than once (answers would name two classes alike)"
+                )
+            if output_dim != 1:
+                raise ContractError(
+                    f"{META_PREFIX}output_dim is {output_dim}, expected 1 for a classifier"
+                )
+        elif self.class_labels:
+            raise ContractError(
+                f"{META_PREFIX}class_labels: a regressor has none, got {len(self.class_labels)}"
+            )
+        for key in ("preprocessing", "training"):
+            value = getattr(self, key)
+            if not isinstance(value, dict):
+                raise ContractError(f"{META_PREFIX}{key} is {show(value)}, expected a JSON object")
+            finite_json(value, f"{META_PREFIX}{key}")
+        if self.ood is not None and not isinstance(self.ood, OodCalibration):
+            raise ContractError(
+                f"{META_PREFIX}ood is {show(self.ood)}, expected an OOD calibration"
             )
         unknown = set(self.drift) - set(UNCERTAINTY_COMPONENTS)
         if unknown:
             raise ContractError(
-                f"drift references must be for {UNCERTAINTY_COMPONENTS}, got {sorted(unknown)}"
+                f"{META_PREFIX}drift: references must be for {', '.join(UNCERTAINTY_COMPONENTS)}, "
+                f"got {', '.join(map(repr, sorted(unknown)))}"
             )
+        for component, reference in self.drift.items():
+            if not isinstance(reference, DriftReference):
+                raise ContractError(
+                    f"{META_PREFIX}drift.{component} is {show(reference)}, "
+                    "expected a drift reference"
+                )
 
     @property
     def num_classes(self) -> int:
@@ -116,7 +170,10 @@ class ModelMetadata:
 
     @classmethod
     def from_props(cls, props: dict[str, str]) -> ModelMetadata:
-        """Parse ``session.get_modelmeta().custom_metadata_map``; raise ContractError if off."""
+        """Parse ``session.get_modelmeta().custom_metadata_map``; raise ContractError naming
+        the ``hydra.*`` key (and the field inside it) of the first value that is not what the
+        contract says: of the wrong JSON type, not finite, out of range, or inconsistent with
+        the rest (``hydra.outputs`` must be the outputs the task and head count make)."""
         values: dict[str, Any] = {}
         for key, raw in props.items():
             if not key.startswith(META_PREFIX):
@@ -131,31 +188,56 @@ class ModelMetadata:
                 f"metadata is missing {', '.join(META_PREFIX + k for k in missing)}; "
                 "was the file exported by hydra-train?"
             )
-        if values["format_version"] != FORMAT_VERSION:
-            raise ContractError(
-                f"format_version {FORMAT_VERSION} expected, got {values['format_version']!r}"
-            )
         try:
-            ood = values.get("ood")
-            return cls(
-                task=values["task"],
-                kind=values.get("kind", "hydra"),
-                num_heads=int(values["num_heads"]),
-                feature_shape=tuple(int(d) for d in values["feature_shape"]),
-                class_labels=tuple(str(c) for c in values.get("class_labels", [])),
-                output_dim=int(values.get("output_dim", 1)),
-                preprocessing=dict(values.get("preprocessing") or {}),
-                training=dict(values.get("training") or {}),
-                ood=None if ood is None else OodCalibration.from_dict(ood),
-                drift={
-                    name: DriftReference.from_dict(ref)
-                    for name, ref in (values.get("drift") or {}).items()
-                },
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            if isinstance(exc, ContractError):
-                raise
-            raise ContractError(f"metadata does not parse: {exc}") from exc
+            return cls._parse(values)
+        except ContractError:
+            raise
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:  # a shape no check foresaw
+            raise ContractError(f"metadata does not parse: {type(exc).__name__}: {exc}") from exc
+
+    @classmethod
+    def _parse(cls, values: dict[str, Any]) -> ModelMetadata:
+        p = META_PREFIX
+        num_heads = integer(values["num_heads"], f"{p}num_heads", 1)
+        shape = listed(values["feature_shape"], f"{p}feature_shape")
+        labels = listed(values.get("class_labels", []), f"{p}class_labels")
+        for i, label in enumerate(labels):
+            integral = isinstance(label, int) and not isinstance(label, bool)
+            if not isinstance(label, str) and not integral:
+                raise ContractError(f"{p}class_labels[{i}] is {show(label)}, expected a string")
+        drift = values.get("drift") or {}
+        if not isinstance(drift, dict):
+            raise ContractError(f"{p}drift is {show(drift)}, expected a JSON object")
+        ood = values.get("ood")
+        meta = cls(
+            format_version=values["format_version"],
+            task=values["task"],
+            kind=values.get("kind", "hydra"),
+            num_heads=num_heads,
+            feature_shape=tuple(
+                integer(d, f"{p}feature_shape[{i}]", 1) for i, d in enumerate(shape)
+            ),
+            class_labels=tuple(str(c) for c in labels),
+            output_dim=integer(values.get("output_dim", 1), f"{p}output_dim", 1),
+            preprocessing=values.get("preprocessing") or {},
+            training=values.get("training") or {},
+            ood=None if ood is None else OodCalibration.from_dict(ood),
+            drift={
+                str(name): DriftReference.from_dict(ref, f"{p}drift.{name}")
+                for name, ref in drift.items()
+            },
+        )
+        if "outputs" in values:
+            outputs = listed(values["outputs"], f"{p}outputs")
+            # The length first: a huge num_heads must not build a huge list.
+            expected = len(derived_output_names(meta.task)) + meta.num_heads
+            if len(outputs) != expected or outputs != meta.output_names:
+                raise ContractError(
+                    f"{p}outputs lists {len(outputs)} outputs, expected the {expected} the contract "
+                    f"gives a {meta.task} with {p}num_heads {meta.num_heads}: head_0 .. "
+                    f"head_{meta.num_heads - 1}, {', '.join(derived_output_names(meta.task))}"
+                )
+        return meta
 
     def summary(self) -> dict[str, Any]:
         """A JSON-friendly view for metadata endpoints (without the bulky calibration arrays)."""

@@ -12,14 +12,33 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from contract.checks import ContractError, integer, listed, number, show
+
 # Above this many calibration scores, the file keeps this many evenly spaced order statistics
 # instead; p-values stay exact up to 1 / MAX_STORED_SCORES.
 MAX_STORED_SCORES = 2001
 SCORES = ("model_uncertainty", "total_uncertainty", "data_uncertainty")
 
 
+# The threshold a file states must be the quantile its own stored scores give, to this relative
+# tolerance (float32 tools round; JSON written by Python round-trips float64 exactly).
+THRESHOLD_RTOL = 1e-6
+WHERE = "hydra.ood"
+
+
 @dataclass(frozen=True)
 class OodCalibration:
+    """The score an OOD flag is judged on, its threshold at false-positive rate ``alpha``, and
+    the calibration scores (all ``n_calibration`` of them, sorted, or evenly spaced quantiles
+    of them) the p-values are counted against.
+
+    Every field is checked on construction, so a file whose calibration is not finite, not
+    sorted or not consistent with itself never becomes an ``OodCalibration``: its threshold
+    must be the (1 - alpha) quantile (method "higher") of its stored scores when all of them
+    are stored, and lie between the stored quantiles around that rank otherwise. A flag and
+    a p-value computed from it then never contradict each other.
+    """
+
     score: str
     threshold: float
     alpha: float
@@ -28,13 +47,38 @@ class OodCalibration:
 
     def __post_init__(self) -> None:
         if self.score not in SCORES:
-            raise ValueError(f"OOD score must be one of {SCORES}, got {self.score!r}")
-        if not 0.0 < self.alpha < 1.0:
-            raise ValueError(f"alpha (target false-positive rate) must be in (0, 1), got {self.alpha}")
-        if self.n_calibration < 1 or not self.sorted_scores:
-            raise ValueError("OOD calibration needs at least one calibration score")
-        if any(b < a for a, b in zip(self.sorted_scores, self.sorted_scores[1:])):
-            raise ValueError("calibration scores must be sorted ascending")
+            raise ContractError(
+                f"{WHERE}: score is {show(self.score)}, expected one of {', '.join(SCORES)}"
+            )
+        alpha = number(self.alpha, f"{WHERE}: alpha")
+        if not 0.0 < alpha < 1.0:
+            raise ContractError(
+                f"{WHERE}: alpha is {show(self.alpha)}, expected a false-positive rate in (0, 1)"
+            )
+        n = integer(self.n_calibration, f"{WHERE}: n_calibration", 1)
+        stored = np.asarray([number(v, f"{WHERE}: sorted_scores[{i}]")
+                             for i, v in enumerate(self.sorted_scores)], dtype=np.float64)
+        if stored.size == 0:
+            raise ContractError(
+                f"{WHERE}: sorted_scores is empty, expected at least one calibration score"
+            )
+        if stored.size > n:
+            raise ContractError(
+                f"{WHERE}: {stored.size} sorted_scores for n_calibration {n}, expected at most "
+                f"{n} (all the scores, or evenly spaced quantiles of them)"
+            )
+        down = np.flatnonzero(stored[1:] < stored[:-1])
+        if down.size:
+            i = int(down[0])
+            raise ContractError(
+                f"{WHERE}: sorted_scores are not sorted ascending (sorted_scores[{i + 1}] = "
+                f"{stored[i + 1]!r} < sorted_scores[{i}] = {stored[i]!r})"
+            )
+        threshold = number(self.threshold, f"{WHERE}: threshold")
+        low, high, what = threshold_range(stored, n, alpha)
+        slack = THRESHOLD_RTOL * max(abs(low), abs(high))
+        if not low - slack <= threshold <= high + slack:
+            raise ContractError(f"{WHERE}: threshold is {threshold!r}, expected {what}")
 
     @classmethod
     def from_scores(
@@ -77,11 +121,56 @@ class OodCalibration:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> OodCalibration:
+    def from_dict(cls, d: Any) -> OodCalibration:
+        """Parse ``hydra.ood``: JSON numbers only (no strings, booleans or nulls), then every
+        check of the constructor."""
+        if not isinstance(d, dict):
+            raise ContractError(f"{WHERE} is {show(d)}, expected a JSON object")
+        fields = ("score", "threshold", "alpha", "n_calibration", "sorted_scores")
+        missing = [k for k in fields if k not in d]
+        if missing:
+            raise ContractError(f"{WHERE}: {', '.join(missing)} missing")
+        if not isinstance(d["score"], str):
+            raise ContractError(
+                f"{WHERE}: score is {show(d['score'])}, expected one of {', '.join(SCORES)}"
+            )
+        scores = listed(d["sorted_scores"], f"{WHERE}: sorted_scores")
         return cls(
-            score=str(d["score"]),
-            threshold=float(d["threshold"]),
-            alpha=float(d["alpha"]),
-            n_calibration=int(d["n_calibration"]),
-            sorted_scores=tuple(float(v) for v in d["sorted_scores"]),
+            score=d["score"],
+            threshold=number(d["threshold"], f"{WHERE}: threshold"),
+            alpha=number(d["alpha"], f"{WHERE}: alpha"),
+            n_calibration=integer(d["n_calibration"], f"{WHERE}: n_calibration", 1),
+            sorted_scores=tuple(
+                number(v, f"{WHERE}: sorted_scores[{i}]") for i, v in enumerate(scores)
+            ),
         )
+
+
+def higher_rank(n: int, alpha: float) -> int:
+    """The 0-based rank numpy's "higher" (1 - alpha) quantile of n sorted values picks."""
+    return int(np.ceil((1.0 - alpha) * (n - 1)))
+
+
+def threshold_range(
+    stored: npt.NDArray[np.float64], n: int, alpha: float
+) -> tuple[float, float, str]:
+    """Where the threshold of a calibration must lie, and how a message says it.
+
+    All n scores stored: exactly their (1 - alpha) "higher" quantile. Evenly spaced quantiles
+    of them stored (m < n): the score of rank r = ceil((1 - alpha)(n - 1)) sits at position
+    r (m - 1) / (n - 1) among the stored quantiles, so between the quantiles just below and
+    just above it (one more on each side for rounding)."""
+    m = stored.size
+    if m == n:
+        value = float(np.quantile(stored, 1.0 - alpha, method="higher"))
+        return value, value, (
+            f"{value!r}, the (1 - alpha) quantile (method 'higher') of its {n} sorted_scores "
+            f"at alpha {alpha!r}"
+        )
+    position = higher_rank(n, alpha) * (m - 1) / (n - 1)
+    lo = max(int(np.floor(position)) - 1, 0)
+    hi = min(int(np.ceil(position)) + 1, m - 1)
+    return float(stored[lo]), float(stored[hi]), (
+        f"a value in [{stored[lo]!r}, {stored[hi]!r}]: the stored quantiles around the (1 - alpha) "
+        f"quantile of the {n} calibration scores at alpha {alpha!r}"
+    )

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from contract.layout import MODEL_FILE, NAME_PATTERN, versions
+from contract.layout import MODEL_FILE, NAME_PATTERN, version_of, versions
 from contract.model import ContractError, ModelMetadata
 from training.config import ConfigError
 
@@ -52,7 +52,9 @@ def newest_metadata(repository: Path, name: str) -> tuple[int, ModelMetadata] | 
     found = versions(repository / name)
     if not found:
         return None
-    path = repository / name / str(found[-1]) / MODEL_FILE
+    # The folder as written ("01" is version 1 too).
+    folder = next(p for p in (repository / name).iterdir() if p.is_dir() and version_of(p.name) == found[-1])
+    path = folder / MODEL_FILE
     try:
         model = onnx.load(str(path), load_external_data=False)
         return found[-1], ModelMetadata.from_props({p.key: p.value for p in model.metadata_props})

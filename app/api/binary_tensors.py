@@ -33,12 +33,24 @@ def split_body(raw: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return raw[:n], raw[n:]
 
 
-def input_bytes(parameters: dict[str, Any] | None, binary: bytes, name: str) -> bytes | None:
+def input_bytes(tensor: dict[str, Any], binary: bytes, name: str) -> bytes | None:
     """The binary data of the (one) input when its parameters declare ``binary_data_size``,
-    which must be every byte after the JSON header; None when it sends JSON ``data``."""
-    size = (parameters or {}).get("binary_data_size")
+    which must be every byte after the JSON header; None when it sends JSON ``data``. Never
+    both, and no bytes after the header that no input declares: one source per tensor."""
+    size = (tensor.get("parameters") or {}).get("binary_data_size")
     if size is None:
+        if binary:
+            raise InvalidInput(
+                f"input {name!r}: JSON 'data' or binary data expected, got {len(binary)} bytes "
+                f"after the JSON header (Inference-Header-Content-Length) that no "
+                f"parameters.binary_data_size declares"
+            )
         return None
+    if "data" in tensor:
+        raise InvalidInput(
+            f"input {name!r}: JSON 'data' or binary data (parameters.binary_data_size) "
+            f"expected, got both"
+        )
     if type(size) is not int or size != len(binary):
         raise InvalidInput(
             f"input {name!r}: binary_data_size {len(binary)} expected (bytes after the JSON "

@@ -30,7 +30,11 @@ ERROR_STATUSES: dict[int, tuple[str, bool]] = {
     404: ("no such model, version or route", True),
     405: ("the method is not allowed on this path", False),
     413: ("the body is over HYDRA_MAX_BODY_BYTES", True),
+    414: ("the request target is over HYDRA_MAX_URL_BYTES (refused by the HTTP server)", True),
+    415: ("the body's Content-Type is not JSON (or, on V2, the binary extension's)", False),
     422: ("the model's outputs for an instance are not finite", False),
+    431: ("the header fields are over HYDRA_MAX_HEADER_BYTES or HYDRA_MAX_HEADERS "
+          "(refused by the HTTP server)", True),
     500: ("inference failed, or an error of the service itself", False),
     503: ("not ready, shutting down, or the batching queue is full (Retry-After)", True),
     504: ("inference did not finish within HYDRA_REQUEST_TIMEOUT_S", True),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -32,6 +33,16 @@ def note_request(request: Request, model: str, version: int, instances: int) -> 
 def note_batch(request: Request, batch_size: int) -> None:
     """The instances in the ONNX Runtime call that answered the request."""
     request.scope["state"]["batch_size"] = batch_size
+
+
+def refusal_counter(metrics: ServiceMetrics) -> Callable[[str, int], None]:
+    """Counts a request that the HTTP server refused before it reached the application (its
+    head over a limit, app/http_server.py) as an answer to no route."""
+
+    def count(method: str, status: int) -> None:
+        metrics.http_requests.labels("unmatched", method, str(status)).inc()
+
+    return count
 
 
 def _route_label(scope: Scope) -> str:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, TypeAdapter
 from starlette.requests import Request
@@ -41,6 +41,23 @@ class TemplatedRoute(Route):
         if match is Match.PARTIAL:
             match = Match.FULL
         return match, child_scope
+
+
+EndpointT = TypeVar("EndpointT", bound=Callable[..., Any])
+
+
+def get_and_head(router: APIRouter, path: str, **options: Any) -> Callable[[EndpointT], EndpointT]:
+    """``router.get(path, **options)`` and HEAD on the same path (RFC 9110, 9.3.2: GET's
+    answer without its body), which FastAPI's routes do not answer by themselves: the same
+    endpoint, dependencies (the API key) and headers; the server (uvicorn) drops the body.
+    Left out of the schema, where it would only repeat GET."""
+
+    def register(endpoint: EndpointT) -> EndpointT:
+        hidden = {**options, "include_in_schema": False}
+        router.api_route(path, methods=["HEAD"], **hidden)(endpoint)
+        return router.get(path, **options)(endpoint)
+
+    return register
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,12 @@ from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
+from app.api.openapi import get_and_head
 from app.monitoring.service_metrics import exposition
 
 router = APIRouter()
 
 
-@router.get("/metrics", include_in_schema=True, tags=["ops"], summary="Prometheus metrics")
+@get_and_head(router, "/metrics", tags=["ops"], summary="Prometheus metrics")
 async def metrics_endpoint(request: Request) -> Response:
     return Response(exposition(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,6 +1,7 @@
-"""Request bodies and path values: JSON parsing (a structure check before it, the parser
-thread for large bodies), validation into the request schemas, and strict integers from
-paths and headers. Every failure is a 400 that says what was expected."""
+"""Request bodies and path values: the body's type (415), JSON parsing (a structure check
+before it, the parser thread for large bodies), validation into the request schemas, and
+strict integers from paths and headers. Every other failure is a 400 that says what was
+expected."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 from starlette.requests import Request
 
-from app.errors import InvalidInput, InvalidJson
+from app.errors import InvalidInput, InvalidJson, UnsupportedMediaType
 from app.settings import Settings
 
 BodyT = TypeVar("BodyT")
@@ -69,6 +70,68 @@ def parse_body(raw: bytes, schema: TypeAdapter[BodyT], expected: str) -> BodyT:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise InvalidInput(f"request body: {where}: {first['msg']} ({expected} expected)") from exc
+
+
+# Body types. JSON: application/json or any application/<...>+json, UTF-8 (a charset
+# parameter must say so). The V2 route also reads the binary tensor extension's bodies, which
+# its clients send as application/octet-stream (tritonclient.http.aio) or without a type at all
+# (tritonclient.http). Every other type is refused (415), above all the three a web page can
+# post to another site without the browser asking it first (a CORS "simple request"):
+# text/plain, application/x-www-form-urlencoded and multipart/form-data. A body without a
+# type is also what a page's fetch of a Blob or ArrayBuffer sends, so the V2 route takes one
+# only without an Origin header, which browsers put on every cross-site POST.
+_JSON = b"application/json"
+_OCTETS = b"application/octet-stream"
+_UTF8 = (b"utf-8", b"utf8")
+
+
+def check_body_type(headers: list[tuple[bytes, bytes]], *, binary_extension: bool) -> None:
+    """Refuse (415) a body whose Content-Type the route does not read, or that declares a
+    Content-Encoding (compressed bodies are not decoded). ``headers``: the ASGI scope's."""
+    content_type = encoding = origin = None
+    for name, value in headers:
+        if name == b"content-type":
+            content_type = value
+        elif name == b"content-encoding":
+            encoding = value
+        elif name == b"origin":
+            origin = value
+    expected = "application/json"
+    if binary_extension:
+        expected += " or application/octet-stream"
+    if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
+        raise UnsupportedMediaType(
+            f"request body: Content-Encoding identity expected (compressed bodies are not "
+            f"decoded), got {_shown(encoding)}"
+        )
+    if content_type is None:
+        if binary_extension and origin is None:
+            return
+        raise UnsupportedMediaType(
+            f"request body: Content-Type {expected} expected, got none"
+            + (" (a request with an Origin header, as browsers send, must declare it)"
+               if binary_extension else "")
+        )
+    media, _, params = content_type.partition(b";")
+    media = media.strip().lower()
+    if media == _JSON or (media.startswith(b"application/") and media.endswith(b"+json")):
+        for param in params.split(b";") if params else ():
+            key, _, val = param.partition(b"=")
+            if key.strip().lower() == b"charset" and val.strip().strip(b'"').lower() not in _UTF8:
+                raise UnsupportedMediaType(
+                    f"request body: JSON in UTF-8 expected (charset=utf-8 or none), got "
+                    f"Content-Type {_shown(content_type)}"
+                )
+        return
+    if binary_extension and media == _OCTETS:
+        return
+    raise UnsupportedMediaType(
+        f"request body: Content-Type {expected} expected, got {_shown(content_type)}"
+    )
+
+
+def _shown(value: bytes) -> str:
+    return repr(value[:60].decode("latin-1"))
 
 
 ParsedT = TypeVar("ParsedT")

@@ -12,8 +12,8 @@ from app.api import v1_codec
 from app.api.dependencies import ApiKeyDep, ServiceDep, given_api_key, service_of
 from app.api.error_responses import documented_errors
 from app.api.middleware import note_batch, note_request
-from app.api.openapi import InferenceRoute
-from app.api.parsing import off_loop
+from app.api.openapi import InferenceRoute, get_and_head
+from app.api.parsing import check_body_type, off_loop
 from app.api.responses import OrjsonResponse
 from app.api.schemas import V1Error, V1PredictRequest, V1PredictResponse
 
@@ -26,6 +26,7 @@ async def predict(request: Request) -> OrjsonResponse:
     name: str = request.path_params["name"]
     service = service_of(request)
     service.check_api_key(given_api_key(request))
+    check_body_type(request.scope["headers"], binary_extension=False)
     served = service.model(name)
     model = served.model
     raw = await request.body()
@@ -40,12 +41,13 @@ async def predict(request: Request) -> OrjsonResponse:
     )
 
 
-@router.get("/models", summary="Models served", dependencies=[ApiKeyDep])
+@get_and_head(router, "/models", summary="Models served", dependencies=[ApiKeyDep])
 async def list_models(service: ServiceDep) -> dict[str, list[str]]:
     return {"models": service.model_names()}
 
 
-@router.get("/models/{name}", responses=ERRORS, summary="Model status", dependencies=[ApiKeyDep])
+@get_and_head(router, "/models/{name}", responses=ERRORS, summary="Model status",
+              dependencies=[ApiKeyDep])
 async def model_status(name: str, service: ServiceDep) -> dict[str, Any]:
     return v1_codec.status_body(name, service.model(name), service.versions(name))
 

@@ -17,8 +17,8 @@ from app.api.binary_tensors import HEADER_LENGTH
 from app.api.dependencies import ApiKeyDep, ServiceDep, given_api_key, has_api_access, service_of
 from app.api.error_responses import documented_errors
 from app.api.middleware import note_batch, note_request
-from app.api.openapi import InferenceRoute
-from app.api.parsing import off_loop, parse_version
+from app.api.openapi import InferenceRoute, get_and_head
+from app.api.parsing import check_body_type, off_loop, parse_version
 from app.api.responses import OrjsonResponse
 from app.api.schemas import V2Error, V2InferRequest, V2InferResponse, V2ModelMetadata
 from app.service import InferenceService
@@ -33,18 +33,18 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     SERVER_VERSION = "0"
 
 
-@router.get("", summary="Server metadata")
+@get_and_head(router, "", summary="Server metadata")
 async def server_metadata() -> dict[str, Any]:
     return {"name": "hydra-serving", "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]}
 
 
-@router.get("/health/live", summary="Liveness: the process answers")
+@get_and_head(router, "/health/live", summary="Liveness: the process answers")
 async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/health/ready", summary="Readiness: models loaded and warmed up",
-            responses={503: {"description": "not ready"}})
+@get_and_head(router, "/health/ready", summary="Readiness: models loaded and warmed up",
+              responses={503: {"description": "not ready"}})
 async def ready(request: Request, service: ServiceDep) -> OrjsonResponse:
     """Open to probes; the models served are listed only to a caller with the API key (when
     one is set)."""
@@ -59,26 +59,26 @@ def _served(service: InferenceService, name: str, version: str | None) -> Served
     return service.model(name, None if version is None else parse_version(version))
 
 
-@router.get("/models/{name}", response_model=V2ModelMetadata, responses=ERRORS, summary="Model metadata",
-            dependencies=[ApiKeyDep])
+@get_and_head(router, "/models/{name}", response_model=V2ModelMetadata, responses=ERRORS,
+              summary="Model metadata", dependencies=[ApiKeyDep])
 async def model_metadata(name: str, service: ServiceDep) -> dict[str, Any]:
     return v2_codec.metadata_body(_served(service, name, None), service.versions(name))
 
 
-@router.get("/models/{name}/versions/{version}", response_model=V2ModelMetadata, responses=ERRORS,
-            summary="Model version metadata", dependencies=[ApiKeyDep])
+@get_and_head(router, "/models/{name}/versions/{version}", response_model=V2ModelMetadata,
+              responses=ERRORS, summary="Model version metadata", dependencies=[ApiKeyDep])
 async def model_version_metadata(name: str, version: str, service: ServiceDep) -> dict[str, Any]:
     return v2_codec.metadata_body(_served(service, name, version), service.versions(name))
 
 
-@router.get("/models/{name}/ready", responses=ERRORS, summary="Model readiness",
-            dependencies=[ApiKeyDep])
+@get_and_head(router, "/models/{name}/ready", responses=ERRORS, summary="Model readiness",
+              dependencies=[ApiKeyDep])
 async def model_ready(name: str, service: ServiceDep) -> dict[str, Any]:
     return v2_codec.ready_body(_served(service, name, None))
 
 
-@router.get("/models/{name}/versions/{version}/ready", responses=ERRORS,
-            summary="Model version readiness", dependencies=[ApiKeyDep])
+@get_and_head(router, "/models/{name}/versions/{version}/ready", responses=ERRORS,
+              summary="Model version readiness", dependencies=[ApiKeyDep])
 async def model_version_ready(name: str, version: str, service: ServiceDep) -> dict[str, Any]:
     return v2_codec.ready_body(_served(service, name, version))
 
@@ -86,6 +86,7 @@ async def model_version_ready(name: str, version: str, service: ServiceDep) -> d
 async def _infer(name: str, version: str | None, request: Request) -> Response:
     service = service_of(request)
     service.check_api_key(given_api_key(request))
+    check_body_type(request.scope["headers"], binary_extension=True)
     served = _served(service, name, version)
     model = served.model
     raw = await request.body()

@@ -180,7 +180,7 @@ def decode_infer(
     tensor = inputs[0]
     if tensor["datatype"] != "FP32":
         raise InvalidInput(f"input 'input': datatype FP32 expected, got {tensor['datatype']!r}")
-    chunk = binary_tensors.input_bytes(tensor.get("parameters"), binary, "input")
+    chunk = binary_tensors.input_bytes(tensor, binary, "input")
     batch = tensor_to_batch(
         tensor.get("data"), tensor["shape"], model.meta.feature_shape, settings.max_instances,
         binary=chunk, check_booleans=b"true" in header or b"false" in header,

@@ -2,17 +2,33 @@
 
 What is served, and when:
 
+- Folders: a model folder's name matches ``contract.layout.NAME_PATTERN`` (others are
+  logged once, as a WARNING, and skipped; hidden folders such as ``.staging-*`` silently);
+  a version folder is named by ASCII digits whose number is at most ``MAX_VERSION`` (what a
+  URL's 1 to 18 digits can ask for: a folder beyond it is logged once and ignored, so a
+  version no URL can name never becomes the default). One folder per version number: when
+  two folders name the same number (``01`` and ``1``), neither is loaded, an ERROR line
+  names both (once per situation, counted in ``hydra_model_load_failures_total``), and a
+  version already serving keeps serving what it loaded until one folder is removed.
 - A version is loaded only once its file is stable: the same (size, mtime, ctime, inode)
   seen on two consecutive scans, or not modified for a poll interval when first seen. A file
   still being copied is left alone until the copy ends; publishing by renaming a finished
   folder into place (what hydra-train does) is stable at once.
-- Loading reads the file once, hashes those bytes (sha256), checks the graph and metadata
-  against the contract, requires the OOD calibration and the drift references (a file cut
-  short can parse without them), and warms the model up. The file is then hashed again: if
-  it changed meanwhile, the load is discarded and retried when the file is stable.
+- Loading reads the file once, hashes those bytes (sha256), checks the graph and every
+  metadata value against the contract (``contract/``: finite, in range, consistent),
+  requires the OOD calibration and the drift references (a file cut short can parse
+  without them), and warms the model up. The file is then hashed again: if it changed
+  meanwhile, the load is discarded and retried when the file is stable.
+- No file-system call holds up another model: listings and stats run in daemon threads
+  (one in flight per folder; a listing that does not finish within ``LIST_WAIT_S`` leaves
+  that model as it is for the scan), and each version is loaded by a job of its own (one
+  in flight per version) whose reads run in a daemon thread, outside the lock and off the
+  event loop. A read that never finishes (a hung mount, a FIFO) keeps only its own version
+  "still loading", logged once after ``READ_WAIT_S``; its thread cannot delay process exit.
+  ONNX Runtime sessions are created one at a time, as before.
 - Any exception while loading one version refuses that version only (log line
-  ``model_refused``, ``hydra_model_load_failures_total``); the scan goes on with the rest.
-  A refused file is remembered by its stamp and retried only when it changes.
+  ``model_refused``, ``hydra_model_load_failures_total``); the rest goes on. A refused file
+  is remembered by its stamp and retried only when it changes.
 - A served version whose file changes is re-checked once the new file is stable: same
   sha256, nothing to do; new content, loaded through the same checks and swapped in, or, if
   refused, the version is no longer served (its old bytes are no longer what was published).
@@ -28,9 +44,12 @@ import asyncio
 import hashlib
 import logging
 import os
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from app.errors import ModelNotFound, ModelNotReady
 from app.monitoring.live_drift import DriftMonitor
@@ -39,12 +58,20 @@ from app.monitoring.service_metrics import ServiceMetrics, multiprocess_enabled
 from app.serving.batching import Batcher, BatchObserver
 from app.serving.sessions import LoadedModel, OutputArrays, load_model
 from app.settings import Settings
-from contract.layout import MODEL_FILE, NAME_PATTERN, version_of
+from contract.layout import MAX_VERSION, MODEL_FILE, NAME_PATTERN, version_folders
 from contract.model import ContractError
 
 logger = logging.getLogger("app.repository")  # the name log lines carry (their "logger" field)
 
 PUBLISH_INTERVAL_S = 1.0  # multiprocess mode: how often a worker publishes its live gauges
+# How long one scan waits for a folder listing (and the stats of its versions' files): a
+# listing still running after this leaves that model as it is until a later scan.
+LIST_WAIT_S = 5.0
+# A file read still running after this is logged (once per read) and no longer waited for
+# by the first scan's readiness; it goes on in its thread, holding up only its own version.
+READ_WAIT_S = 10.0
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -78,30 +105,59 @@ class _FileChanged(Exception):
     """The file changed while it was being loaded: not a refusal, a retry later."""
 
 
-def scan(root: Path) -> dict[tuple[str, int], tuple[Path, FileStamp]]:
-    """Every ``<name>/<version>/model.onnx`` under root; ensemble files are not served.
+@dataclass(frozen=True)
+class ModelScan:
+    """One model folder as a scan saw it: the versions with a model file (path and stamp),
+    the numbers that two or more folders name (those folders), and digit folders whose
+    number is beyond ``MAX_VERSION``."""
 
-    One unreadable or vanishing folder is skipped, never the whole scan."""
-    found: dict[tuple[str, int], tuple[Path, FileStamp]] = {}
+    versions: dict[int, tuple[Path, FileStamp]] = field(default_factory=dict)
+    ambiguous: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    out_of_range: tuple[str, ...] = ()
+
+
+def list_models(root: Path) -> tuple[list[str], list[str]]:
+    """The model folders under root, and the folders whose names are not model names (hidden
+    folders, such as publishers' staging folders, are neither); ([], []) without a root."""
     if not root.is_dir():
-        return found
-    for model_dir in root.iterdir():
-        try:
-            if not model_dir.is_dir() or not NAME_PATTERN.match(model_dir.name):
-                continue
-            versions = list(model_dir.iterdir())
-        except OSError:
-            continue
-        for version_dir in versions:
-            version = version_of(version_dir.name)
-            if version is None:
-                continue
-            path = version_dir / MODEL_FILE
+        return [], []
+    models, others = [], []
+    with os.scandir(root) as entries:
+        for entry in entries:
             try:
-                found[(model_dir.name, version)] = (path, FileStamp.of(path))
+                if entry.name.startswith(".") or not entry.is_dir():
+                    continue
             except OSError:
                 continue
-    return found
+            (models if NAME_PATTERN.match(entry.name) else others).append(entry.name)
+    return sorted(models), sorted(others)
+
+
+def scan_model(model_dir: Path) -> ModelScan:
+    """The version folders of one model (see ``contract.layout.version_folders``); a version
+    folder without a readable model file is skipped. Raises OSError if the folder cannot be
+    listed."""
+    with os.scandir(model_dir) as entries:
+        names = []
+        for entry in entries:
+            try:
+                if entry.is_dir():
+                    names.append(entry.name)
+            except OSError:
+                continue
+    by_number, out_of_range = version_folders(names)
+    found: dict[int, tuple[Path, FileStamp]] = {}
+    ambiguous: dict[int, tuple[str, ...]] = {}
+    for number, folders in by_number.items():
+        if len(folders) > 1:
+            ambiguous[number] = tuple(folders)
+            continue
+        path = model_dir / folders[0] / MODEL_FILE
+        try:
+            found[number] = (path, FileStamp.of(path))
+        except OSError:
+            continue
+    return ModelScan(found, ambiguous, tuple(out_of_range))
 
 
 def file_sha256(path: Path) -> str:
@@ -110,6 +166,67 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_model_file(path: Path) -> tuple[bytes, str]:
+    """The file's bytes (one read) and their sha256."""
+    data = path.read_bytes()
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def stamp_and_sha256(path: Path) -> tuple[FileStamp, str] | None:
+    """What the file is now (its stamp, then its hash), or None when it is gone."""
+    try:
+        return FileStamp.of(path), file_sha256(path)
+    except FileNotFoundError:
+        return None
+
+
+def in_daemon_thread(fn: Callable[..., T], *args: Any, name: str) -> asyncio.Future[T]:
+    """``fn(*args)`` in a daemon thread of its own; its result comes back as a future of the
+    running loop. A call that never returns (a read of a hung mount or a FIFO) holds up
+    nothing but that thread, and a daemon thread never keeps the process from exiting. A
+    future nobody waits for any more is left alone (its exception is consumed, and a result
+    that comes after the loop closed is dropped)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+    future.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    def settle(ok: bool, value: Any) -> None:
+        if future.done():
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def run() -> None:
+        try:
+            value, ok = fn(*args), True
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting coroutine
+            value, ok = exc, False
+        try:
+            loop.call_soon_threadsafe(settle, ok, value)
+        except RuntimeError:  # the loop is closed: nobody waits for it any more
+            pass
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
+_STALLED = object()  # a listing that did not finish in time
+
+
+@dataclass(eq=False)
+class _Job:
+    """The load of one version's file with one stamp; one job in flight per version."""
+
+    stamp: FileStamp
+    task: asyncio.Task[None] | None = None
+    reading_since: float | None = None  # monotonic time while a file read runs
+
+    def stalled(self) -> bool:
+        return self.reading_since is not None and time.monotonic() - self.reading_since > READ_WAIT_S
 
 
 def check_complete(model: LoadedModel) -> None:
@@ -172,6 +289,15 @@ class ModelRepository:
         self._defaults: dict[str, int] = {}
         # Versions found but not yet loaded or refused (new, or their file still changing).
         self._pending: set[tuple[str, int]] = set()
+        # Numbers that two or more folders name: the folders, as last logged.
+        self._ambiguous: dict[tuple[str, int], tuple[str, ...]] = {}
+        self._ignored: set[tuple[str, str]] = set()  # (model, folder) out of range, logged
+        self._strangers: set[str] = set()  # root folders that are not model names, logged
+        self._jobs: dict[tuple[str, int], _Job] = {}  # loads in flight, one per version
+        self._started: list[_Job] = []  # the jobs the scan in progress started
+        self._probes: dict[str, asyncio.Future[Any]] = {}  # listings in flight, by folder
+        self._stalled: set[str] = set()  # listings logged as not finishing
+        self._load_slot = asyncio.Semaphore(1)  # ONNX Runtime sessions made one at a time
         self._scanned = False
         self._task: asyncio.Task[None] | None = None
         self._publisher: asyncio.Task[None] | None = None
@@ -212,7 +338,7 @@ class ModelRepository:
                     "(its file is new or was still being written)"
                 )
             known = ", ".join(self.names()) or "none"
-            raise ModelNotFound(f"model {name!r} not found; models served: {known}")
+            raise ModelNotFound(f"model {name!r} not found; models served: {known}{self._twins(name)}")
         if version is None:
             return versions[max(versions)]
         served = versions.get(version)
@@ -224,9 +350,18 @@ class ModelRepository:
         if served is None:
             raise ModelNotFound(
                 f"version {version} of model {name!r} not found; versions served: "
-                f"{', '.join(str(v) for v in sorted(versions))}"
+                f"{', '.join(str(v) for v in sorted(versions))}{self._twins(name, version)}"
             )
         return served
+
+    def _twins(self, name: str, version: int | None = None) -> str:
+        """What a 404 adds when folders of the model name one number twice."""
+        twins = [(v, folders) for (n, v), folders in sorted(self._ambiguous.items())
+                 if n == name and version in (None, v)]
+        return "".join(
+            f" (version {v} is not served: folders {' and '.join(folders)} name the same version)"
+            for v, folders in twins
+        )
 
     def live_state(self) -> WorkerState:
         """What this process serves now, for the live gauges (app/monitoring/live_gauges.py)."""
@@ -272,33 +407,97 @@ class ModelRepository:
                 await self.refresh()
             except Exception:  # the watcher must survive a bad scan (e.g. a vanishing folder)
                 logger.exception("repository scan failed")
-            self._scanned = True
+            if not self._scanned:
+                await self._first_loads(self._started)
+                self._scanned = True
             await asyncio.sleep(self.settings.poll_interval_s)
 
+    async def _first_loads(self, jobs: list[_Job]) -> None:
+        """Readiness waits for the loads the first scan started, except reads that have run
+        longer than READ_WAIT_S (a hung file must not keep the service unready)."""
+        while True:
+            busy = [j.task for j in jobs if j.task is not None and not j.task.done() and not j.stalled()]
+            if not busy:
+                return
+            await asyncio.wait(busy, timeout=0.1)
+
     async def refresh(self) -> None:
-        """One scan: load what is new, stable and changed; drop what disappeared."""
+        """One scan: start the loads of what is new, stable and changed; drop what
+        disappeared. Never waits for a load, and waits for a folder listing at most
+        LIST_WAIT_S (one that does not finish leaves its model as it is)."""
         async with self._lock:
-            found = await asyncio.to_thread(scan, self.root)
-            if not found and not self._table:
+            self._started = []
+            listed = await self._probe("", list_models, self.root)
+            if listed is _STALLED:
+                return
+            names, strangers = listed
+            self._note_strangers(strangers)
+            results = await asyncio.gather(
+                *(self._probe(name, scan_model, self.root / name) for name in names),
+                return_exceptions=True,
+            )
+            scans: dict[str, Any] = {}
+            for name, result in zip(names, results):
+                if isinstance(result, OSError):  # unreadable or vanishing: not there
+                    continue
+                if isinstance(result, BaseException):
+                    raise result
+                scans[name] = result
+            if not any(r.versions for r in scans.values() if r is not _STALLED) and not self._table:
                 logger.warning("no model found under %s/<name>/<version>/%s", self.root, MODEL_FILE)
             now_ns = time.time_ns()
-            self._pending = self._unsettled(found)
-            for key in sorted(found):
-                path, stamp = found[key]
-                try:
-                    await self._consider(key, path, stamp, now_ns)
-                except Exception as exc:  # one version's trouble never stops the scan
-                    self._refuse(key, stamp, exc)
-            self._seen = {key: stamp for key, (_, stamp) in found.items()}
-            gone = [
-                (name, v) for name, versions in self._table.items() for v in versions
-                if (name, v) not in found
-            ]
-            for name, version in gone:
-                await self._unload(name, version, "removed from the repository")
-            for key in [k for k in self._failed if k not in found]:
-                del self._failed[key]
-            self._pending = self._unsettled(found)
+            known = {n for n, _ in (*self._seen, *self._failed, *self._jobs, *self._pending, *self._ambiguous)}
+            for name in sorted(set(scans) | set(self._table) | known):
+                scan = scans.get(name, ModelScan())
+                if scan is _STALLED:  # its listing hangs: everything of it stays as it is
+                    continue
+                self._refresh_model(name, scan, now_ns)
+
+    async def _probe(self, key: str, fn: Callable[[Path], T], path: Path) -> T | object:
+        """``fn(path)`` in a daemon thread, waited for at most LIST_WAIT_S; _STALLED when it
+        does not finish in time, and at once while the previous one still runs (one listing
+        in flight per folder; a late result is dropped, the next scan lists again)."""
+        running = self._probes.get(key)
+        if running is not None and not running.done():
+            return _STALLED
+        future = in_daemon_thread(fn, path, name=f"repository-list {path}")
+        self._probes[key] = future
+        done, _ = await asyncio.wait({future}, timeout=LIST_WAIT_S)
+        if not done:
+            if key not in self._stalled:
+                self._stalled.add(key)
+                logger.warning(
+                    "listing %s has not finished after %gs (a hung mount?): %s is left as it is "
+                    "until a listing finishes; other models are scanned as usual",
+                    path, LIST_WAIT_S, f"model {key}" if key else "the whole repository",
+                    extra={"model": key or None, "event": "repository_listing_stalled"},
+                )
+            return _STALLED
+        self._stalled.discard(key)
+        return future.result()
+
+    def _refresh_model(self, name: str, scan: ModelScan, now_ns: int) -> None:
+        found = {(name, v): entry for v, entry in scan.versions.items()}
+        self._note_out_of_range(name, scan.out_of_range)
+        self._note_ambiguous(name, scan.ambiguous)
+        for key in sorted(found):
+            path, stamp = found[key]
+            try:
+                self._consider(key, path, stamp, now_ns)
+            except Exception as exc:  # one version's trouble never stops the scan
+                self._refuse(key, stamp, exc)
+        # A load whose folder is gone or now shares its number with another folder is
+        # abandoned (neither of two folders naming one number is loaded).
+        for key in [k for k in self._jobs if k[0] == name and k not in found]:
+            self._cancel_job(key)
+        self._seen = {k: s for k, s in self._seen.items() if k[0] != name}
+        self._seen.update({key: stamp for key, (_, stamp) in found.items()})
+        present = set(scan.versions) | set(scan.ambiguous)  # a serving version with a twin stays
+        for version in [v for v in self._table.get(name, {}) if v not in present]:
+            self._unload(name, version, "removed from the repository")
+        for key in [k for k in self._failed if k[0] == name and k not in found]:
+            del self._failed[key]
+        self._pending = {k for k in self._pending if k[0] != name} | self._unsettled(found)
 
     def _unsettled(self, found: dict[tuple[str, int], tuple[Path, FileStamp]]) -> set[tuple[str, int]]:
         """Versions on disk that are neither served nor refused as they are now."""
@@ -307,13 +506,69 @@ class ModelRepository:
             if version not in self._table.get(name, {}) and self._failed.get((name, version)) != stamp
         }
 
-    async def _consider(self, key: tuple[str, int], path: Path, stamp: FileStamp, now_ns: int) -> None:
+    # -- what the scan logs once ------------------------------------------------------------
+
+    def _note_strangers(self, folders: list[str]) -> None:
+        for folder in folders:
+            if folder not in self._strangers:
+                logger.warning(
+                    "ignored folder %s: %r is not a model name (model folders are named by "
+                    "the pattern %s); rename it to serve it",
+                    self.root / folder, folder, NAME_PATTERN.pattern,
+                    extra={"event": "folder_ignored"},
+                )
+        self._strangers = set(folders)
+
+    def _note_out_of_range(self, name: str, folders: tuple[str, ...]) -> None:
+        for folder in folders:
+            if (name, folder) not in self._ignored:
+                logger.warning(
+                    "ignored folder %s of model %s: its version number is beyond %d, the "
+                    "largest a URL can name (1 to %d digits), so it is never loaded nor the "
+                    "default version", self.root / name / folder, name, MAX_VERSION,
+                    len(str(MAX_VERSION)), extra={"model": name, "event": "folder_ignored"},
+                )
+        self._ignored = {k for k in self._ignored if k[0] != name} | {(name, f) for f in folders}
+
+    def _note_ambiguous(self, name: str, ambiguous: dict[int, tuple[str, ...]]) -> None:
+        """Two folders naming one version: refused once per situation (the same folders);
+        a version already serving keeps what it loaded, neither folder is (re)loaded."""
+        for version, folders in sorted(ambiguous.items()):
+            key = (name, version)
+            if self._ambiguous.get(key) == folders:
+                continue
+            self._ambiguous[key] = folders
+            self.metrics.load_failures.labels(name).inc()
+            served = self._table.get(name, {}).get(version)
+            if served is not None:
+                keeps = (f"version {version} keeps serving what it loaded from "
+                         f"{served.model.path.parent.name}/{MODEL_FILE}")
+            else:
+                default = self.default_version(name)
+                keeps = f"still serving version {default if default is not None else 'none'}"
+            logger.error(
+                "refused model %s version %s: folders %s name the same version %s; none is "
+                "loaded until only one is left (%s)",
+                name, version, " and ".join(str(self.root / name / f) for f in folders), version, keeps,
+                extra={"model": name, "version": version, "event": "model_refused"},
+            )
+        for key in [k for k in self._ambiguous if k[0] == name and k[1] not in ambiguous]:
+            del self._ambiguous[key]
+            logger.info("model %s version %s: one folder left; it is loaded as usual", *key,
+                        extra={"model": key[0], "version": key[1]})
+
+    # -- loading ----------------------------------------------------------------------------
+
+    def _consider(self, key: tuple[str, int], path: Path, stamp: FileStamp, now_ns: int) -> None:
         name, version = key
         served = self._table.get(name, {}).get(version)
         if served is not None and served.stamp == stamp:
             return
         if self._failed.get(key) == stamp:
             return
+        job = self._jobs.get(key)
+        if job is not None and job.stamp == stamp:
+            return  # one load in flight per version
         stable = self._seen.get(key) == stamp or stamp.settled(now_ns, self.settings.poll_interval_s)
         if served is not None and key not in self._changing:
             self._changing.add(key)
@@ -323,17 +578,90 @@ class ModelRepository:
             )
         if not stable:
             return
-        if served is not None:
-            sha = await asyncio.to_thread(file_sha256, path)
-            if sha == served.model.sha256:  # touched, same bytes: keep serving as is
-                self._changing.discard(key)
-                self._replace(name, version, ServedModel(served.model, served.batcher, stamp, served.observer))
+        if job is not None:
+            if job.reading_since is None:
+                return  # loading an older file: its check after the load sees the change
+            self._cancel_job(key)  # reading an older file: abandoned, its daemon thread left
+        self._start_job(key, path, stamp, served)
+
+    def _start_job(self, key: tuple[str, int], path: Path, stamp: FileStamp, served: ServedModel | None) -> None:
+        job = _Job(stamp)
+        job.task = asyncio.get_running_loop().create_task(
+            self._load(key, path, stamp, served, job), name=f"load-{key[0]}-{key[1]}"
+        )
+        self._jobs[key] = job
+        self._started.append(job)
+
+        def done(task: asyncio.Task[None]) -> None:
+            if self._jobs.get(key) is job:
+                del self._jobs[key]
+            if not task.cancelled() and task.exception() is not None:
+                logger.error("loading model %s version %s failed unexpectedly", *key,
+                             exc_info=task.exception())
+
+        job.task.add_done_callback(done)
+
+    def _cancel_job(self, key: tuple[str, int]) -> None:
+        job = self._jobs.pop(key, None)
+        if job is not None and job.task is not None:
+            job.task.cancel()
+
+    async def _read(self, job: _Job, key: tuple[str, int], fn: Callable[[Path], T], path: Path) -> T:
+        """``fn(path)`` in a daemon thread of its own: a read that never finishes holds up
+        this version's job only (logged once after READ_WAIT_S)."""
+        job.reading_since = time.monotonic()
+        try:
+            future = in_daemon_thread(fn, path, name=f"repository-read {path}")
+            done, _ = await asyncio.wait({future}, timeout=READ_WAIT_S)
+            if not done:
+                logger.warning(
+                    "reading %s has not finished after %gs (a hung mount, a FIFO?): model %s "
+                    "version %s stays unloaded until it does; other versions and models are "
+                    "not held up", path, READ_WAIT_S, *key,
+                    extra={"model": key[0], "version": key[1], "event": "model_read_stalled"},
+                )
+            return await future
+        finally:
+            job.reading_since = None
+
+    async def _load(self, key: tuple[str, int], path: Path, stamp: FileStamp,
+                    served: ServedModel | None, job: _Job) -> None:
+        """One version's job: read the file, load and check it, check the file again, swap it
+        in (or refuse it). Only the swap touches the table, on the event loop."""
+        name, version = key
+        try:
+            data, sha = await self._read(job, key, read_model_file, path)
+            if served is not None and sha == served.model.sha256:  # touched, same bytes
+                if self._table.get(name, {}).get(version) is served:
+                    self._changing.discard(key)
+                    self._replace(name, version, ServedModel(served.model, served.batcher, stamp, served.observer))
                 return
-        await self._load(name, version, path, stamp)
+            async with self._load_slot:
+                model = await asyncio.to_thread(
+                    load_model, name, version, path,
+                    providers=list(self.settings.providers),
+                    intra_op_threads=self.settings.intra_op_threads,
+                    cuda_tf32=self.settings.cuda_tf32,
+                    data=data,
+                )
+            check_complete(model)
+            # The bytes that were loaded must be the file as it is now.
+            if await self._read(job, key, stamp_and_sha256, path) != (stamp, model.sha256):
+                raise _FileChanged()
+        except _FileChanged:  # the next scan sees a new stamp: stable again two scans later
+            logger.info("model %s version %s changed while loading; retried once stable", name, version)
+            return
+        except Exception as exc:  # any failure of one version: refuse it, keep serving the rest
+            self._refuse(key, stamp, exc)
+            if self._table.get(name, {}).get(version) is not None:
+                self._unload(name, version, "its file changed and the new content was refused")
+            return
+        self._install(name, version, model, stamp)
 
     def _refuse(self, key: tuple[str, int], stamp: FileStamp, exc: BaseException) -> None:
         name, version = key
         self._failed[key] = stamp
+        self._pending.discard(key)
         self.metrics.load_failures.labels(name).inc()
         serving = self.default_version(name)
         logger.error(
@@ -342,30 +670,11 @@ class ModelRepository:
             extra={"model": name, "version": version, "event": "model_refused"},
         )
 
-    async def _load(self, name: str, version: int, path: Path, stamp: FileStamp) -> None:
+    def _install(self, name: str, version: int, model: LoadedModel, stamp: FileStamp) -> None:
         key = (name, version)
-        try:
-            model = await asyncio.to_thread(
-                load_model, name, version, path,
-                providers=list(self.settings.providers),
-                intra_op_threads=self.settings.intra_op_threads,
-                cuda_tf32=self.settings.cuda_tf32,
-            )
-            check_complete(model)
-            # The bytes that were loaded must be the file as it is now.
-            after = await asyncio.to_thread(FileStamp.of, path)
-            if after != stamp or await asyncio.to_thread(file_sha256, path) != model.sha256:
-                raise _FileChanged()
-        except _FileChanged:  # the next scan sees a new stamp: stable again two scans later
-            logger.info("model %s version %s changed while loading; retried once stable", name, version)
-            return
-        except Exception as exc:  # any failure of one version: refuse it, keep scanning
-            self._refuse(key, stamp, exc)
-            if self._table.get(name, {}).get(version) is not None:
-                await self._unload(name, version, "its file changed and the new content was refused")
-            return
         self._failed.pop(key, None)
         self._changing.discard(key)
+        self._pending.discard(key)
         s = self.settings
         observer = _Observer(self, model)
         batcher = Batcher(
@@ -418,7 +727,7 @@ class ModelRepository:
                 logger.info("model %s: default version %s -> %s; drift window reset", name, old, new)
         self._defaults = defaults
 
-    async def _unload(self, name: str, version: int, why: str) -> None:
+    def _unload(self, name: str, version: int, why: str) -> None:
         served = self._table.get(name, {}).get(version)
         if served is None:
             return
@@ -444,8 +753,11 @@ class ModelRepository:
         task.add_done_callback(self._retiring.discard)
 
     async def close(self) -> None:
-        """Stop watching, then finish every queued request."""
-        for task in (self._task, self._publisher, *self._retiring):
+        """Stop watching and loading (a read still blocked stays in its daemon thread), then
+        finish every queued request."""
+        jobs = [job.task for job in self._jobs.values()]
+        self._jobs.clear()
+        for task in (self._task, self._publisher, *jobs, *self._retiring):
             if task is None:
                 continue
             task.cancel()

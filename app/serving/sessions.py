@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -28,6 +29,7 @@ OutputArrays = dict[str, npt.NDArray[np.generic]]
 # with its conformal p-value, all [B].
 EXTRA_OUTPUTS = ("predicted_class", "is_ood", "ood_p_value")
 WARMUP_BATCH = 2
+HEAD_OUTPUT = re.compile(r"head_[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -139,9 +141,14 @@ def load_model(
     providers: list[str],
     intra_op_threads: int = 0,
     cuda_tf32: bool = False,
+    data: bytes | None = None,
 ) -> LoadedModel:
-    """Read, check and warm up one model file. Raises ContractError with what was wrong."""
-    data = path.read_bytes()  # one read: a file replaced meanwhile cannot mix two versions
+    """Read, check and warm up one model file. Raises ContractError with what was wrong.
+
+    ``data``: the file's bytes, already read (the repository reads them in a thread of their
+    own, where a read that never finishes holds up nothing else); else the file is read here."""
+    if data is None:
+        data = path.read_bytes()  # one read: a file replaced meanwhile cannot mix two versions
     try:
         session = ort.InferenceSession(
             data, sess_options=session_options(intra_op_threads),
@@ -197,6 +204,12 @@ def check_graph(session: ort.InferenceSession, meta: ModelMetadata) -> None:
     if not _dims_match(list(inp.shape), expected_in):
         raise ContractError(f"input shape {expected_in} expected, got {inp.shape}")
     outputs = {o.name: o for o in session.get_outputs()}
+    heads = sorted((n for n in outputs if HEAD_OUTPUT.fullmatch(n)), key=lambda n: int(n[5:]))
+    if len(heads) != meta.num_heads:
+        raise ContractError(
+            f"hydra.num_heads is {meta.num_heads}, but the graph has {len(heads)} head outputs "
+            f"({', '.join(heads[:3])}{', ...' if len(heads) > 3 else ''})"
+        )
     missing = [n for n in meta.output_names if n not in outputs]
     if missing:
         raise ContractError(f"outputs {missing} missing; the contract needs {meta.output_names}")

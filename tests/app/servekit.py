@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
+from app.http_server import uvicorn_options
 from app.main import create_app
 from app.settings import Settings
 
@@ -70,7 +71,8 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """uvicorn serving an app on 127.0.0.1 in a background thread."""
+    """uvicorn serving an app on 127.0.0.1 in a background thread, with the HTTP protocol
+    hydra-serve runs (the bounded parser of app/http_server.py)."""
 
     def __init__(self, app: FastAPI) -> None:
         self.port = free_port()
@@ -78,6 +80,7 @@ class LiveServer:
         config = uvicorn.Config(
             app, host="127.0.0.1", port=self.port, log_config=None, access_log=False,
             lifespan="on", timeout_graceful_shutdown=5,
+            http=uvicorn_options(app.state.settings)["http"],
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

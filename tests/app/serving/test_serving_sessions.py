@@ -91,7 +91,7 @@ def _rename_input(model: onnx.ModelProto) -> None:
     [
         (_drop_output("model_uncertainty"), r"outputs \['model_uncertainty'\] missing"),
         (_drop_metadata, "metadata is missing hydra.format_version"),
-        (_bad_format_version, "format_version 1 expected, got 99"),
+        (_bad_format_version, "hydra.format_version is 99, expected 1"),
         (_wrong_feature_shape, r"input shape \['batch', 32\] expected"),
         (_rename_input, "one input 'input' expected, got \\['x'\\]"),
     ],
