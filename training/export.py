@@ -53,14 +53,6 @@ class ContractModule(nn.Module):
         return (*heads.float().unbind(1), *(derived[n] for n in derived_output_names(self.task)))
 
 
-def calibrate(derived: dict[str, np.ndarray], config: CalibrationConfig) -> tuple[OodCalibration, dict[str, DriftReference]]:
-    """OOD threshold and drift references from a model's outputs on the calibration split."""
-    ood = OodCalibration.from_scores(derived[config.score], alpha=config.alpha, score=config.score)
-    drift = {c: DriftReference.from_scores(derived[f"{c}_uncertainty"], config.drift_bins)
-             for c in UNCERTAINTY_COMPONENTS}
-    return ood, drift
-
-
 # How the calibration inputs are laid out in batches when their served scores are taken: alone,
 # at every position of small batches (ONNX Runtime's kernels round a row differently by its
 # position in a block of rows and by the batch's size), in a batch the size of the service's
@@ -228,7 +220,7 @@ def export_checked(net: nn.Module, meta: ModelMetadata, config: ExportConfig, re
 
     With ``calibration`` (the calibration inputs and settings), the OOD threshold and drift
     references in the file are computed from the exported graph run in ONNX Runtime
-    (``calibrate_served``), replacing ``meta``'s; the figures then hold the file's metadata
+    (``calibrate_served``) and added to ``meta``; the figures then hold the file's metadata
     (``"metadata"``) and the calibration's jitter and served flag rate."""
     net = net.eval().cpu().float()
     model = to_onnx(net, meta, config)
@@ -252,15 +244,14 @@ def export_checked(net: nn.Module, meta: ModelMetadata, config: ExportConfig, re
             "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "metadata": meta, **served}
 
 
-def model_metadata(data: Dataset, kind: str, num_heads: int, calibration: SplitOutputs,
-                   config: CalibrationConfig, summary: dict[str, Any]) -> ModelMetadata:
-    """A model's metadata, calibrated on its outputs on the calibration split."""
-    ood, drift = calibrate(calibration.derived, config)
+def model_metadata(data: Dataset, kind: str, num_heads: int, summary: dict[str, Any]) -> ModelMetadata:
+    """A model's metadata but its calibration, which export takes from the exported graph
+    (``export_checked`` with ``calibration``)."""
     return ModelMetadata(
         task=data.task, kind=kind, num_heads=num_heads, feature_shape=data.feature_shape,  # type: ignore[arg-type]
         class_labels=data.class_labels, output_dim=data.output_dim,
         preprocessing={**data.preprocessing, "normalization": "per-feature standardization inside the graph"},
-        training=summary, ood=ood, drift=drift)
+        training=summary)
 
 
 def alpha_held(n: int, alpha: float) -> float:
@@ -319,9 +310,7 @@ def export_models(folder: Path, data: Dataset, hydra: HydraNet, ensemble: Ensemb
     if ensemble is not None:
         to_export["ensemble.onnx"] = (ensemble, "ensemble")
     for filename, (net, kind) in to_export.items():
-        # PyTorch's calibration first; export replaces it with the served graph's own.
-        meta = model_metadata(data, kind, net.num_heads, outputs[kind]["calibration"], calibration,
-                              summaries[kind])
+        meta = model_metadata(data, kind, net.num_heads, summaries[kind])
         figures = export_checked(net, meta, config, data.test.X, folder / filename,
                                  calibration=(data.calibration.X, calibration))
         meta = figures.pop("metadata")

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from training.checkpoints import load_checkpoint, save_atomic
 from training.config import OptimConfig
 from training.device import Runtime
-from training.uncertainty import derived_outputs, regression_outputs, to_target_units
+from training.uncertainty import derived_outputs, network_outputs
 
 log = logging.getLogger(__name__)
 
@@ -141,17 +141,15 @@ def predict(model: nn.Module, X: torch.Tensor, rt: Runtime, batch_size: int = 10
 @torch.no_grad()
 def predict_outputs(model: nn.Module, X: torch.Tensor, rt: Runtime, task: str,
                     batch_size: int = 1024) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-head outputs (as ``predict``) and the derived outputs computed from them on the
-    CPU as the exported graph computes them: a regression network that standardizes its
-    targets gets them from its standardized heads (``training.uncertainty.network_outputs``)."""
-    if task == "regression" and hasattr(model, "standardized_heads"):
+    """Per-head outputs (as ``predict``) and the derived outputs as the exported graph
+    computes them: a regression network that standardizes its targets gets them from its
+    standardized heads (``training.uncertainty.network_outputs``); classification outputs are
+    derived from the gathered heads on the CPU."""
+    if task == "regression":
         model.eval()
-        outs = []
-        for i in range(0, X.shape[0], batch_size):
-            z = model.normalize(X[i : i + batch_size].to(rt.device).float())
-            outs.append(model.standardized_heads(z).float().cpu())
-        heads_std = torch.cat(outs)  # [N, M, 2, D]
-        mean, std = (t.float().cpu() for t in model.target_stats())
-        return to_target_units(heads_std, mean, std), regression_outputs(heads_std, mean, std)
+        parts = [network_outputs(model, X[i : i + batch_size].to(rt.device).float(), task)
+                 for i in range(0, X.shape[0], batch_size)]
+        heads = torch.cat([h.float().cpu() for h, _ in parts])
+        return heads, {k: torch.cat([d[k].float().cpu() for _, d in parts]) for k in parts[0][1]}
     heads = predict(model, X, rt, batch_size)
     return heads, derived_outputs(task, heads)
