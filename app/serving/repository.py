@@ -299,6 +299,7 @@ class ModelRepository:
         self._stalled: set[str] = set()  # listings logged as not finishing
         self._load_slot = asyncio.Semaphore(1)  # ONNX Runtime sessions made one at a time
         self._scanned = False
+        self._awaited: set[str] = set()  # models the first scan found, until they settle
         self._task: asyncio.Task[None] | None = None
         self._publisher: asyncio.Task[None] | None = None
         self._exchange: LiveStateExchange | None = None
@@ -310,8 +311,24 @@ class ModelRepository:
 
     @property
     def ready(self) -> bool:
-        """The first scan finished and at least one model passed its warm-up."""
-        return self._scanned and bool(self._table)
+        """The first scan finished, at least one model passed its warm-up, and every model the
+        first scan found serves a version or has nothing left to load (a read hung for
+        READ_WAIT_S does not count): a replica never takes traffic for a model it is about to
+        serve. Once a model leaves that wait it does not return to it."""
+        if not (self._scanned and self._table):
+            return False
+        self._awaited = {name for name in self._awaited if self._first_loading(name)}
+        return not self._awaited
+
+    def _first_loading(self, name: str) -> bool:
+        if name in self._table:
+            return False
+        for key in self._pending:
+            if key[0] == name:
+                job = self._jobs.get(key)
+                if job is None or not job.stalled():
+                    return True
+        return False
 
     @property
     def scanned(self) -> bool:
@@ -408,6 +425,7 @@ class ModelRepository:
             except Exception:  # the watcher must survive a bad scan (e.g. a vanishing folder)
                 logger.exception("repository scan failed")
             if not self._scanned:
+                self._awaited = {name for name, _ in (*self._pending, *self._jobs)}
                 await self._first_loads(self._started)
                 self._scanned = True
             await asyncio.sleep(self.settings.poll_interval_s)

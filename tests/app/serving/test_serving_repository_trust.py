@@ -504,3 +504,27 @@ def test_a_listing_that_is_always_too_slow_is_logged_once(
     assert len(stalled) == 1
     assert digits.status_code == 200 and digits.json()["model_version"] == "1"
     assert not messages(caplog, logging.INFO, "unloaded")
+
+
+def test_readiness_waits_for_every_model_found_at_start(
+    tmp_path: Path, classifier: cm.BuiltModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two models written just before the start (too new for the first scan to load) and one
+    of them slow to read: the replica is not ready while one model it will serve is still
+    loading, so no request that follows readiness gets a 503."""
+    real_read = repository.read_model_file
+
+    def slow_for_second(path: Path) -> tuple[bytes, str]:
+        if path.parent.parent.name == "second":
+            time.sleep(1.0)
+        return real_read(path)
+
+    monkeypatch.setattr(repository, "read_model_file", slow_for_second)
+    cm.write_version(tmp_path, "digits", 1, classifier.data)
+    cm.write_version(tmp_path, "second", 1, classifier.data)
+    with serve(make_settings(tmp_path)) as (client, _, _):
+        answers = [client.post(f"/v1/models/{name}:predict", json={"instances": [X]})
+                   for name in ("digits", "second")]
+        ready = client.get("/v2/health/ready").json()
+    assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+    assert ready["models"] == {"digits": ["1"], "second": ["1"]}
