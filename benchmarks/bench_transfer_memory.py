@@ -55,7 +55,7 @@ def child(mode: str, npz: Path, runs: Path) -> None:
 
     from training.checkpoints import Checkpoints
     from training.config import load_config
-    from training.data import load_dataset
+    from training.datasets import load_dataset
     from training.device import setup_runtime
     from training.distill import distill
     from training.teachers import teachers

@@ -1,6 +1,7 @@
-"""Data: the data set types, deterministic splits, the offline defaults (digits, digits as
-32x32 colour images, diabetes) with their OOD and shift sets, and the loader that dispatches to
-them or to the user's files (``training.user_data``).
+"""Data: the data set types, their checks, deterministic splits, and the offline defaults
+(digits, digits as 32x32 colour images, diabetes) with their OOD and shift sets. The readers
+of the user's files (``training.user_data``, ``training.images``) build on these types;
+``training.datasets.load_dataset`` picks between them and the defaults.
 
 Features are kept raw, exactly as the data set gives them (digits: pixel values 0-16); the
 normalization statistics (``training.scaling``) travel with the model and become part of the
@@ -353,7 +354,11 @@ def _as_colour_images(data: Dataset, factor: int = 4, channels: int = 3) -> Data
                                 f"[{channels}, {8 * factor}, {8 * factor}], pixel values 0-16"})
 
 
-def load_dataset(config: DataConfig) -> Dataset:
+BUILTIN_SOURCES = ("digits", "digits32", "diabetes")
+
+
+def builtin_dataset(config: DataConfig) -> Dataset:
+    """One of the offline defaults (``BUILTIN_SOURCES``), by ``data.source``."""
     if config.source == "digits":
         return _digits(config)
     if config.source == "digits32":
@@ -364,13 +369,4 @@ def load_dataset(config: DataConfig) -> Dataset:
         raw = load_diabetes()
         X, y = check_arrays(raw.data, raw.target, "regression", "diabetes")
         return tabular_dataset("diabetes", X, y, "regression", config, (), {})
-    if config.source in ("npz", "csv", "file", "folder"):
-        from training import user_data  # it builds on this module's types
-
-        if config.source == "folder":
-            from training.images import load_image_folder
-
-            return load_image_folder(config)
-        return user_data.load_user_file(config)
-    raise DataError(f"data.source must be digits, digits32, diabetes, npz, csv or folder, got "
-                    f"{config.source!r}")
+    raise DataError(f"not a built-in data set: {config.source!r} (one of {', '.join(BUILTIN_SOURCES)})")

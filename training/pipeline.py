@@ -19,7 +19,8 @@ import torch
 
 from training.checkpoints import Checkpoints
 from training.config import RunConfig
-from training.data import Dataset, load_dataset
+from training.data import Dataset
+from training.datasets import load_dataset
 from training.device import Runtime, setup_runtime, teardown_runtime
 from training.distill import Students, distill
 from training.evaluate import SplitOutputs, evaluate, parameter_counts

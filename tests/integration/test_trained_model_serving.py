@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from app.main import create_app
 from app.settings import Settings
 from training.config import load_config
-from training.data import load_dataset
+from training.datasets import load_dataset
 from training.pipeline import run_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from training.config import DataConfig
-from training.data import DataError, load_dataset
+from training.data import DataError
+from training.datasets import load_dataset
 from training.ensemble import load_member_predictions
 
 

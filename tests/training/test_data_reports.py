@@ -18,7 +18,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from training.config import DataConfig, RunConfig
-from training.data import load_dataset
+from training.datasets import load_dataset
 from training.export import alpha_held
 from training.losses import ground_truth_loss, moment_match
 from training.pipeline import run_pipeline

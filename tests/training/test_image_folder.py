@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from training.config import DataConfig
-from training.data import DataError, load_dataset
+from training.data import DataError
+from training.datasets import load_dataset
 
 
 def _folder(root: Path, sizes: dict[str, tuple[int, int]] | None = None, n: int = 15) -> Path:

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from training.config import DataConfig
-from training.data import Dataset, DataError, load_dataset
+from training.data import Dataset, DataError
+from training.datasets import load_dataset
 from training.images import read_image
 
 RNG_SEED = 0

@@ -20,7 +20,8 @@ from torch import nn
 
 from training.checkpoints import Checkpoints
 from training.config import ModelConfig, RunConfig, load_config
-from training.data import DataError, load_dataset
+from training.data import DataError
+from training.datasets import load_dataset
 from training.device import Runtime
 from training.members import load_member_files
 from training.networks import build_network

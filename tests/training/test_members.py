@@ -16,7 +16,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from training.config import RunConfig
-from training.data import DataError, load_dataset
+from training.data import DataError
+from training.datasets import load_dataset
 from training.members import load_member_files as load_onnx_members
 from training.checkpoints import Checkpoints
 from training.device import Runtime

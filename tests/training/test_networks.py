@@ -62,7 +62,7 @@ def test_unknown_body_is_named() -> None:
 
 def test_build_network_carries_the_data_statistics_and_the_callers_seed() -> None:
     from training.config import DataConfig
-    from training.data import load_dataset
+    from training.datasets import load_dataset
     from training.networks import build_network
     from training.scaling import feature_stats
 

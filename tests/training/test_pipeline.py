@@ -52,7 +52,7 @@ def test_tiny_pipeline_publishes_versions(tiny_config: RunConfig, tmp_path: Path
 def test_user_member_predictions_are_distilled(tiny_config: RunConfig, tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from training.data import load_dataset
+    from training.datasets import load_dataset
     data = load_dataset(tiny_config.data)
     rng = np.random.default_rng(0)
     X = data.train.X
@@ -78,7 +78,7 @@ def test_member_predictions_on_held_out_rows_are_dropped_and_reported(tiny_confi
                                                                        tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from training.data import load_dataset
+    from training.datasets import load_dataset
     data = load_dataset(tiny_config.data)
     # A user who scored every row of the data set with their members.
     X = np.concatenate([data.train.X, data.calibration.X, data.test.X])

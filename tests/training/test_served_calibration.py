@@ -14,7 +14,7 @@ import pytest
 from contract.model import ModelMetadata
 from contract.onnxrt import session_options
 from training.config import RunConfig
-from training.data import load_dataset
+from training.datasets import load_dataset
 from training.export import SERVED_LAYOUTS
 from training.pipeline import run_pipeline
 

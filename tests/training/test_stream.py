@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from training.config import ConfigError, OptimConfig, RunConfig, TransferConfig, load_config
-from training.data import load_dataset
+from training.datasets import load_dataset
 from training.device import Runtime
 from training.fit import fit
 from training.networks import Ensemble, build_network

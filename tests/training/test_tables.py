@@ -11,7 +11,8 @@ import pandas as pd  # the writer users have (the dev extra installs it)
 import pytest
 
 from training.config import ConfigError, DataConfig, load_config
-from training.data import DataError, Dataset, check_arrays, load_dataset
+from training.data import DataError, Dataset, check_arrays
+from training.datasets import load_dataset
 
 
 def _rows(n: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

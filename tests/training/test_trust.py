@@ -16,7 +16,7 @@ from contract.model import ModelMetadata, output_names
 from training import ensemble as ensemble_module
 from training.cli import main as cli_main
 from training.config import ConfigError, ExportConfig, ModelConfig, RunConfig
-from training.data import load_dataset
+from training.datasets import load_dataset
 from training.distill import distill
 from training.export import export_checked
 from training.losses import gaussian_distill_loss, gaussian_kl, moment_match

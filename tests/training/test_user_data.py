@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from training.config import DataConfig
-from training.data import DataError, load_dataset
+from training.data import DataError
+from training.datasets import load_dataset
 from training.scaling import feature_stats, value_resolution
 from training.user_data import encode_labels
 
