@@ -42,3 +42,9 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+## Rewrite the generated sections of README.md, BENCHMARKS.md and docs/ from their sources
+## (`make results CHECK=1` compares only, and fails naming each stale section).
+.PHONY: results
+results: venv
+	$(BIN)/python tools/results.py $(if $(CHECK),--check)

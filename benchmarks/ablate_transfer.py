@@ -4,7 +4,7 @@ transfer sets (members are trained once and reused) and print the goal figures s
 Every variant is evaluated on a validation split carved from the training rows, with its own
 OOD draws (``data.evaluate_on = "validation"``): settings are chosen without looking at the
 test and OOD sets that the published report uses. The rows are also written as JSON
-(``--out``), from which ``hydra-train results`` renders the README's ablation table.
+(``--out``), from which ``render`` makes the ``ablation`` table of docs/results.md.
 
     .venv/bin/python benchmarks/ablate_transfer.py [--config configs/digits.toml]
 """
@@ -17,8 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-from training.config import load_config
-from training.pipeline import run_pipeline
+from training.report_md import fmt, table
 
 # Each variant is the default config (configs/digits.toml) with these overrides.
 VARIANTS: dict[str, list[str]] = {
@@ -33,13 +32,26 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
+def render(summary: dict) -> list[str]:
+    """The ``ablation`` table from what ``main`` writes."""
+    rows = summary["rows"]
+    keys = [k for k in rows[0] if k != "variant"]
+    lines = [f"Evaluated on a {summary['evaluated_on']} split of the training rows, with its own OOD "
+             "draws (the test and OOD sets above played no part).", ""]
+    return lines + table(["transfer set", *(k.replace("_", " ") for k in keys)],
+                         [[r["variant"], *(fmt(r[k], 3) for k in keys)] for r in rows])
+
+
 def main() -> int:
+    from training.config import load_config
+    from training.pipeline import run_pipeline  # torch: only when the benchmark runs
+
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default="configs/digits.toml")
     parser.add_argument("--runs-dir", default="runs/ablation")
     parser.add_argument("--only", nargs="*", help="variant names to run")
     parser.add_argument("--out", default="benchmarks/results/ablation.json",
-                        help="where to write the rows (JSON), for hydra-train results")
+                        help="where to write the rows (JSON), for tools/results.py")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     rows = []

@@ -83,6 +83,25 @@ def child(mode: str, npz: Path, runs: Path) -> None:
                       "seconds": round(time.perf_counter() - started, 1)}))
 
 
+def render(summary: dict) -> list[str]:
+    """The ``memory`` table from what ``main`` writes."""
+    from training.report_md import table
+
+    results = summary["results"]
+    machine = summary["machine"]
+    shape = "x".join(map(str, summary["image_shape"]))
+    lines = [f"Peak resident memory of one training process on {summary['rows']:,} x {shape} uint8 "
+             f"images, {summary['classes']} classes ({machine['cpus']} CPUs, {machine['cpu']}, Python "
+             f"{machine['python']}), with the transfer set materialized (the default) and streamed "
+             "(`distill.transfer.stream = true`):", ""]
+    stages = list(next(iter(results.values()))["peak_rss_mb_by_stage"])[1:]
+    rows = [[mode, *(f"{r['peak_rss_mb_by_stage'][k]:,.0f} MB" for k in stages),
+             f"{r['transfer_inputs_per_epoch']:,}"] for mode, r in results.items()]
+    lines += table(["transfer set", *(f"peak {k}" for k in stages), "transfer inputs an epoch"], rows)
+    return lines + ["", "Materialized / streamed peak: "
+                        f"**{summary['peak_rss_ratio_materialized_over_streamed']:.2f}x**."]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=50000)

@@ -12,8 +12,8 @@ disagreement ascent (``distill.transfer.perturb_steps``, the config's default), 
 transfer inputs toward more member disagreement through the members' gradients (for the ONNX
 files, through their graphs translated to PyTorch).
 
-It prints and writes (default ``benchmarks/results/external_members.json``, the source of the
-README's ``members`` table) per run: test accuracy of ensemble and Hydra and the OOD AUROC of
+It prints and writes (default ``benchmarks/results/external_members.json``, from which
+``render`` makes the ``members`` table of docs/your-data.md) per run: test accuracy of ensemble and Hydra and the OOD AUROC of
 model uncertainty with its Hydra/ensemble ratio.
 """
 
@@ -30,7 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from train_run import fidelity, fidelity_line, train_and_publish, write_result  # noqa: E402
+from train_run import (fidelity, fidelity_line, gap_points, goals_sentence, judged, run_goal,  # noqa: E402
+                       train_and_publish, write_result)
+from training.report_md import fmt, table  # noqa: E402
 
 CONFIG = ROOT / "configs" / "example_members.toml"
 DATA = ROOT / "examples" / "data"
@@ -44,6 +46,32 @@ RUNS = {
     f"ONNX members, ascent ({ASCENT_STEPS} steps)": [],
     f".pt2 members, ascent ({ASCENT_STEPS} steps)": [PT2],
 }
+
+
+def render(summary: dict) -> list[str]:
+    """The ``members`` table from what ``main`` writes; figures that miss a goal in bold."""
+    runs = summary["runs"]
+    ood = list(runs[0]["ood_auroc_model"])
+    lines = [f"`{summary['config']}` (members trained elsewhere, on other digits) distilled "
+             f"{len(runs)} ways on {runs[0]['device']}. {goals_sentence(runs)}.", ""]
+    header = ["members", "ensemble accuracy", "Hydra accuracy", "gap (points)"]
+    for k in ood:
+        name = k.replace("_", " ")
+        header += [f"AUROC {name}, ensemble", f"AUROC {name}, Hydra", "ratio"]
+    header.append("run wall time (s)")
+    rows = []
+    for run in runs:
+        t = run["test"]
+        gap = gap_points(run)
+        cells = [run["run"], fmt(t["ensemble"]["accuracy"], 4), fmt(t["hydra"]["accuracy"], 4),
+                 judged(f"{gap:.2f}", gap, run_goal(run, "accuracy_gap_points"))]
+        for k in ood:
+            entry = run["ood_auroc_model"][k]
+            cells += [fmt(entry["ensemble"], 3), fmt(entry["hydra"], 3),
+                      judged(fmt(entry["ratio"], 3), entry["ratio"], run_goal(run, f"auroc_ratio_model_ood/{k}"))]
+        cells.append(f"{run['wall_s']:.0f}")
+        rows.append(cells)
+    return lines + table(header, rows)
 
 
 def main() -> int:

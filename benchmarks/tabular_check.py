@@ -7,8 +7,8 @@ breast cancer (30 features, labels 0/1 as integers) and wine (13 features, label
 names). Five-fold: each fold keeps 20% of the rows aside (folds of a seed of their own, unlike
 the pipeline's splits) and writes the rest into a CSV with a ``target`` column; every row is
 held out exactly once, so the accuracy is over every row of the data set, not one small draw.
-Writes ``benchmarks/results/tabular.json``, from which ``hydra-train results`` renders the
-README's table.
+Writes ``benchmarks/results/tabular.json``, from which ``render`` makes the ``tabular`` table
+of docs/your-data.md.
 
     .venv/bin/python benchmarks/tabular_check.py [--config configs/digits.toml]
 """
@@ -28,6 +28,7 @@ import numpy as np
 import onnxruntime as ort
 
 from contract.model import ModelMetadata
+from training.report_md import fmt, table
 
 HOLDOUT_SEED = 20261128
 FOLDS = 5
@@ -68,6 +69,19 @@ def _score(model_path: Path, X: np.ndarray, labels: list[str]) -> tuple[float, f
     accuracy = float((probs.argmax(1) == y).mean())
     nll = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean())
     return accuracy, nll
+
+
+def render(summary: dict) -> list[str]:
+    """The ``tabular`` table from what ``main`` writes."""
+    rows = summary["rows"]
+    lines = [f"`{summary['config']}` with only `[data]` changed; {rows[0]['folds']}-fold: each row is "
+             f"held out once (folds of seed {summary['holdout_seed']}) and scored by the published files "
+             "of the run that never saw it:", ""]
+    return lines + table(
+        ["data set", "rows", "Hydra accuracy", "worst fold", "ensemble accuracy", "Hydra NLL", "ensemble NLL"],
+        [[r["dataset"], str(r["rows"]), *(fmt(r[k], 3) for k in ("hydra_accuracy", "hydra_worst_fold_accuracy",
+                                                                 "ensemble_accuracy", "hydra_nll", "ensemble_nll"))]
+         for r in rows])
 
 
 def main() -> int:

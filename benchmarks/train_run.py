@@ -1,6 +1,6 @@
 """``hydra-train run`` as a benchmark step: a config, overrides and scratch folders in, the
-published version folder and its report out (training runs in its own process), and the
-figures of a report that the benchmarks compare."""
+published version folder and its report out (training runs in its own process), the figures
+of a report that the benchmarks compare, and the goals those figures are judged by."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+from training.report_md import meets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,4 +58,41 @@ def fidelity(report: dict) -> dict:
         "training_samples_per_s": report["training_samples_per_s"],
         "machine": report["machine"],
         "device": report["device"],
+        # The goal policy as the run's report states it (training.evaluate writes it).
+        "goals": report["goals"],
     }
+
+
+def run_goal(run: dict, key: str) -> dict | None:
+    """Goal ``key`` as the run's own ``report.json`` states it (title, target, direction);
+    None for files written before runs kept their goals."""
+    return (run.get("goals") or {}).get(key)
+
+
+def judged(text: str, value: float, goal: dict | None) -> str:
+    """A table cell, in bold when ``value`` misses ``goal`` (as is when there is no goal)."""
+    if goal is None or not goal.get("is_goal", True):
+        return text
+    return text if meets(value, goal["target"], goal["higher_is_better"]) else f"**{text}**"
+
+
+def gap_points(run: dict) -> float:
+    """How many accuracy points the Hydra is below the ensemble on the test split."""
+    t = run["test"]
+    return 100 * (t["ensemble"]["accuracy"] - t["hydra"]["accuracy"])
+
+
+def goals_sentence(runs: list[dict]) -> str:
+    """What the fidelity rows are judged by: the targets the runs' reports give, or, for runs
+    recorded without their goals, that nothing is judged."""
+    if not all(run.get("goals") for run in runs):
+        return ("These runs were recorded before a run kept its goals beside its figures, so no "
+                "figure is judged here; every model's report.json states the targets")
+    sign = {True: "≥", False: "≤"}
+    accuracy = run_goal(runs[0], "accuracy_gap_points") or {}
+    ood = next(iter(runs[0]["ood_auroc_model"]))
+    auroc = run_goal(runs[0], f"auroc_ratio_model_ood/{ood}") or {}
+    return (f"Goals, as each run's report.json states them: accuracy gap ensemble − Hydra "
+            f"{sign[accuracy['higher_is_better']]} {accuracy['target']:g} points, OOD AUROC of model "
+            f"uncertainty Hydra / ensemble {sign[auroc['higher_is_better']]} {auroc['target']:g} "
+            "(figures in bold miss them)")

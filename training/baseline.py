@@ -60,16 +60,3 @@ def linear_baseline(data: Dataset) -> dict[str, Any]:
     if not converged:
         log.warning("the linear baseline did not converge in %d iterations", MAX_ITER)
     return {"model": name, "train_rows": int(len(X)), "converged": converged, "test": metrics}
-
-
-def baseline_beats(report: dict[str, Any]) -> list[str]:
-    """The metrics on which the baseline is better than the Hydra, as sentences (empty when
-    it is better on none)."""
-    baseline, hydra = report["baseline"]["test"], report["test"]["hydra"]
-    lower_is_better = ("nll", "rmse", "ece", "brier")
-    out = []
-    for key in ("accuracy", "nll") if report["task"] == "classification" else ("rmse", "nll"):
-        b, h = baseline[key], hydra[key]
-        if (b < h) if key in lower_is_better else (b > h):
-            out.append(f"{key} {b:.4g} against the Hydra's {h:.4g}")
-    return out

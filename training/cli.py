@@ -36,34 +36,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--repository", type=Path, default=Path("models"),
                        help="model repository to publish into (default: models)")
         p.add_argument("-v", "--verbose", action="store_true")
-    p = sub.add_parser("results", help="rewrite the README's result tables from the runs' reports")
-    p.add_argument("--repository", type=Path, default=Path("models"))
-    p.add_argument("--readme", type=Path, default=Path("README.md"))
-    from training.results import SECTIONS  # standard library only: cheap to import here
-
-    p.add_argument("--only", nargs="*", choices=[s.name for s in SECTIONS], metavar="SECTION",
-                   help=f"section names ({', '.join(s.name for s in SECTIONS)})")
-    p.add_argument("--check", action="store_true",
-                   help="rewrite nothing; exit 1 when a section differs from its source")
-    p.add_argument("-v", "--verbose", action="store_true")
     return parser
-
-
-def _results(args: argparse.Namespace) -> int:
-    from training.results import ResultsError, update_readme
-
-    try:
-        changed, skipped = update_readme(args.readme, args.repository, args.only, args.check,
-                                         root=args.readme.resolve().parent)
-    except ResultsError as exc:
-        print(f"hydra-train: {exc}", file=sys.stderr)
-        return 2
-    for line in skipped:
-        print(f"hydra-train results: skipped {line}", file=sys.stderr)
-    verb = "differs from its source" if args.check else "rewritten"
-    for name in changed:
-        print(f"hydra-train results: section {name} {verb}", file=sys.stderr)
-    return 1 if (args.check and changed) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,8 +50,6 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("torch.onnx", "torch.onnx._internal.exporter._registration"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")
-    if args.command == "results":
-        return _results(args)
     try:
         config = load_config(args.config, args.overrides)
     except ConfigError as exc:

@@ -20,6 +20,7 @@ from training.fit import predict_outputs
 from training.losses import gaussian_kl
 from training.networks import Ensemble, count_parameters
 from training.members import FileEnsemble
+from training.report_md import meets
 
 log = logging.getLogger(__name__)
 
@@ -174,48 +175,63 @@ def _ratio(a: float, b: float) -> float | None:
     return 1.0 if a == 0 else None
 
 
+def _readable(name: str) -> str:
+    return name.replace("_", " ")
+
+
 def check_goals(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each goal with its measured value, its target, its direction and whether it is met.
+    """Each goal with a readable title, its measured value, its target, its direction and
+    whether it is met: the goal policy, written once into ``report.json`` for every reader.
 
     Classification: the accuracy gap and the NLL ratio. Regression: the RMSE ratio, the NLL
     gap and the held-out coverage of the 95% interval, absolute and beside the ensemble's.
     Both: the fidelity of the model uncertainty, OOD detection against the ensemble's and the
-    parameter ratio.
+    parameter ratio. A figure reported beside the goals but not one of them has ``is_goal``
+    false and no target.
     """
     test = report["test"]
     goals: dict[str, dict[str, Any]] = {}
 
-    def goal(name: str, value: float | None, target: float, higher_is_better: bool,
-             **beside: Any) -> None:
-        met = value is not None and (value >= target if higher_is_better else value <= target)
-        goals[name] = {"value": value, "target": target, "met": bool(met),
-                       "higher_is_better": higher_is_better, **beside}
+    def goal(name: str, title: str, value: float | None, target: float | None,
+             higher_is_better: bool, **beside: Any) -> None:
+        is_goal = target is not None
+        met = is_goal and meets(value, target, higher_is_better)
+        goals[name] = {"title": title, "value": value, "target": target, "is_goal": is_goal,
+                       "met": bool(met) if is_goal else None, "higher_is_better": higher_is_better,
+                       **beside}
 
     hydra, ensemble = test["hydra"], test["ensemble"]
     if report["task"] == "classification":
-        goal("accuracy_gap_points", 100 * (ensemble["accuracy"] - hydra["accuracy"]),
-             GOALS["accuracy_gap_points"], False)
-        goal("nll_ratio", _ratio(hydra["nll"], ensemble["nll"]), GOALS["nll_ratio"], False)
+        goal("accuracy_gap_points", "accuracy gap ensemble − Hydra (points)",
+             100 * (ensemble["accuracy"] - hydra["accuracy"]), GOALS["accuracy_gap_points"], False)
+        goal("nll_ratio", "NLL Hydra / ensemble", _ratio(hydra["nll"], ensemble["nll"]),
+             GOALS["nll_ratio"], False)
     else:
-        goal("rmse_ratio", _ratio(hydra["rmse"], ensemble["rmse"]), GOALS["rmse_ratio"], False)
-        goal("nll_gap_nats", hydra["nll"] - ensemble["nll"], GOALS["nll_gap_nats"], False)
-        goal("coverage_95", hydra["coverage_95"], GOALS["coverage_95"], True,
-             ensemble=ensemble["coverage_95"])
-        goal("coverage_95_gap_points", 100 * abs(hydra["coverage_95"] - ensemble["coverage_95"]),
-             GOALS["coverage_95_gap_points"], False)
+        goal("rmse_ratio", "RMSE Hydra / ensemble", _ratio(hydra["rmse"], ensemble["rmse"]),
+             GOALS["rmse_ratio"], False)
+        goal("nll_gap_nats", "NLL Hydra − ensemble (nats)", hydra["nll"] - ensemble["nll"],
+             GOALS["nll_gap_nats"], False)
+        goal("coverage_95", "95% interval coverage, Hydra", hydra["coverage_95"], GOALS["coverage_95"],
+             True, ensemble=ensemble["coverage_95"])
+        goal("coverage_95_gap_points", "95% interval coverage, Hydra vs ensemble (points apart)",
+             100 * abs(hydra["coverage_95"] - ensemble["coverage_95"]), GOALS["coverage_95_gap_points"],
+             False)
     fid = report["fidelity"]["hydra"]
-    goal("spearman_model_test", fid["test"]["model"]["spearman"], GOALS["spearman_model_test"], True)
+    goal("spearman_model_test", "Spearman(model unc.), test", fid["test"]["model"]["spearman"],
+         GOALS["spearman_model_test"], True)
     for split in fid:
         if split.startswith("ood/"):
-            goal(f"spearman_model_{split}", fid[split]["model"]["spearman"], GOALS["spearman_model_ood"], True)
+            goal(f"spearman_model_{split}", f"Spearman(model unc.), OOD {_readable(split[4:])}",
+                 fid[split]["model"]["spearman"], GOALS["spearman_model_ood"], True)
     # Reported beside the goals, not one of them: the same correlation over test and OOD together.
-    goal("spearman_model_pooled_test_and_ood", fid["pooled_test_and_ood"]["model"]["spearman"],
-         GOALS["spearman_model_ood"], True)
+    goal("spearman_model_pooled_test_and_ood", "Spearman(model unc.), test + all OOD pooled",
+         fid["pooled_test_and_ood"]["model"]["spearman"], None, True)
     for ood_name, entry in report["ood_detection"].items():
-        goal(f"auroc_ratio_model_ood/{ood_name}", entry["hydra_over_ensemble_auroc"]["model_uncertainty"],
-             GOALS["auroc_ratio"], True)
+        goal(f"auroc_ratio_model_ood/{ood_name}", f"OOD AUROC (model unc.) Hydra / ensemble, {_readable(ood_name)}",
+             entry["hydra_over_ensemble_auroc"]["model_uncertainty"], GOALS["auroc_ratio"], True)
     p = report["parameters"]
-    goal("param_ratio_hydra_over_member", p["hydra"] / p["member"], GOALS["param_ratio"], False)
+    goal("param_ratio_hydra_over_member", "parameters Hydra / one member", p["hydra"] / p["member"],
+         GOALS["param_ratio"], False)
     return goals
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from training.report import _ood_hint
+from training.report_md import _ood_hint
 
 
 def _report(met: bool | None, steps: int = 0, ignored: list[str] | None = None,
