@@ -1,11 +1,10 @@
-"""The application factory: ``create_app(settings)`` wires the runtime, the inference service
-and the HTTP surface together; nothing is built at import time."""
+"""The application factory: ``create_app(settings)`` wires the runtime, the data plane and the
+HTTP surface together; nothing is built at import time."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -13,12 +12,12 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from app.api.error_responses import install_error_handlers
-from app.api.middleware import RequestMiddleware, refusal_counter
+from app.api.http import RequestMiddleware, refusal_counter
 from app.api.routes import install_routes
 from app.api.v2 import SERVER_VERSION
+from app.dataplane import DataPlane
 from app.http_server import REFUSAL_HOOK
 from app.monitoring.service_metrics import ServiceMetrics
-from app.service import InferenceService
 from app.serving.repository import ModelRepository
 from app.settings import Settings
 
@@ -26,20 +25,21 @@ logger = logging.getLogger(__name__)
 
 
 def _lifespan(
-    settings: Settings, repository: ModelRepository, metrics: ServiceMetrics
+    settings: Settings, plane: DataPlane, metrics: ServiceMetrics
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[dict[str, Any]]]:
+    repository = plane.repository
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         settings.log_summary()
-        # One thread parses large bodies (app.api.parsing.off_loop); the event loop never does.
-        app.state.parser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parse")
+        plane.start()
         await repository.start()
         try:
             # The lifespan state reaches the server: app/http_server.py counts the requests it
             # refuses before they reach the application (request heads over a limit) with it.
             yield {REFUSAL_HOOK: refusal_counter(metrics)}
         finally:
-            app.state.parser.shutdown(wait=False, cancel_futures=True)
+            plane.close()
             # uvicorn has stopped taking requests and finished those in flight; now the
             # batching queues drain and the watcher stops.
             await repository.close()
@@ -53,18 +53,19 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     registry = registry if registry is not None else CollectorRegistry()
     metrics = ServiceMetrics(registry)
     repository = ModelRepository(settings, metrics)
+    plane = DataPlane(settings, repository)
     app = FastAPI(
         title="Hydra serving",
         summary="One multi-headed network that keeps an ensemble's uncertainty",
         version=SERVER_VERSION,
-        lifespan=_lifespan(settings, repository, metrics),
+        lifespan=_lifespan(settings, plane, metrics),
         # FastAPI's OpenTelemetry hooks look the global providers up on every request; the
         # service exports its own metrics and access log instead.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.repository = repository
-    app.state.service = InferenceService(settings, repository)
+    app.state.plane = plane
     app.state.metrics = metrics
     app.state.registry = registry
     install_routes(app)

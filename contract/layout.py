@@ -21,6 +21,16 @@ MAX_VERSION_DIGITS = 18
 MAX_VERSION = 10**MAX_VERSION_DIGITS - 1
 
 
+_ASCII_DIGITS = re.compile(r"[0-9]{1,%d}" % MAX_VERSION_DIGITS)
+
+
+def ascii_number(text: str) -> int | None:
+    """The value of 1 to ``MAX_VERSION_DIGITS`` ASCII digits (a version in a URL, a number in
+    a header), else None. ``str.isdigit()`` and ``int()`` also take superscripts, other
+    scripts' digits, signs, spaces and underscores; this takes none of them."""
+    return int(text) if _ASCII_DIGITS.fullmatch(text) else None
+
+
 def is_model_name(name: str) -> bool:
     return bool(NAME_PATTERN.match(name))
 

@@ -13,12 +13,18 @@ Shapes (B = batch, M = heads, C = classes, D = regression outputs):
 - both: ``total_uncertainty``, ``data_uncertainty``, ``model_uncertainty`` ``[B]``,
   ``head_disagreement`` ``[B, M]``. For D > 1 the regression uncertainties are summed over
   the output dimensions.
+
+The service adds three outputs of its own to every answer (``contract.ood.ADDED_OUTPUTS``,
+computed by ``contract.ood.add_outputs``): ``predicted_class`` (int64 ``[B]``, classification
+only), ``is_ood`` (bool ``[B]``) and ``ood_p_value`` (float64 ``[B]``, with an OOD calibration
+only). ``ModelMetadata.tensor_outputs`` lists what the tensor protocols answer.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 from contract.checks import ContractError, finite_json, integer, listed, show
@@ -150,6 +156,20 @@ class ModelMetadata:
     def output_names(self) -> list[str]:
         return output_names(self.task, self.num_heads)
 
+    @cached_property
+    def tensor_outputs(self) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """Every output a tensor protocol (Open Inference Protocol over HTTP or gRPC) answers,
+        by name: its datatype and shape, -1 for the batch. The graph's outputs in contract
+        order, then ``predicted_class`` (classification) and ``is_ood``. ``ood_p_value`` is
+        part of the V1 answer's ``ood`` object only. Made once per model: never mutate it."""
+        specs = {name: ("FP32", tuple(-1 if d == "batch" else int(d) for d in shape))
+                 for name, shape in expected_output_shapes(self).items()}
+        ordered = {name: specs[name] for name in self.output_names}
+        if self.task == "classification":
+            ordered["predicted_class"] = ("INT64", (-1,))
+        ordered["is_ood"] = ("BOOL", (-1,))
+        return ordered
+
     def to_props(self) -> dict[str, str]:
         """The ``metadata_props`` of the ONNX file: string keys, JSON string values."""
         values: dict[str, Any] = {
@@ -273,3 +293,4 @@ def expected_output_shapes(meta: ModelMetadata) -> dict[str, list[int | str]]:
         shapes[name] = ["batch"]
     shapes["head_disagreement"] = ["batch", m]
     return shapes
+

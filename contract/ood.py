@@ -1,4 +1,5 @@
-"""Out-of-distribution flags from a calibration set the model never trained on.
+"""Out-of-distribution flags from a calibration set the model never trained on, and the
+outputs the service adds to the graph's on every call.
 
 Threshold: the (1 - alpha) quantile of the score on in-distribution calibration data.
 p-value of a score s: (1 + #{calibration scores >= s}) / (1 + n), a conformal p-value.
@@ -7,6 +8,7 @@ p-value of a score s: (1 + #{calibration scores >= s}) / (1 + n), a conformal p-
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -96,10 +98,15 @@ class OodCalibration:
             stored = values
         return cls(score, threshold, alpha, int(values.size), tuple(float(v) for v in stored))
 
+    @cached_property
+    def _stored(self) -> npt.NDArray[np.float64]:
+        """The stored scores as an array, made once (the service asks for p-values per call)."""
+        return np.asarray(self.sorted_scores, dtype=np.float64)
+
     def p_values(self, scores: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """p-value per score [B]: small means unusual for in-distribution data."""
         s = np.asarray(scores, dtype=np.float64)
-        stored = np.asarray(self.sorted_scores)
+        stored = self._stored
         at_least = stored.size - np.searchsorted(stored, s, side="left")
         # Scale counts back up when only order statistics were stored.
         at_least = at_least * (self.n_calibration / stored.size)
@@ -174,3 +181,25 @@ def threshold_range(
         f"a value in [{stored[lo]!r}, {stored[hi]!r}]: the stored quantiles around the (1 - alpha) "
         f"quantile of the {n} calibration scores at alpha {alpha!r}"
     )
+
+
+# The outputs the service adds to the graph's, all [B]: the argmax of ``mean_probs`` (int64,
+# classification only), the OOD flag (bool) and its conformal p-value (float64, with a
+# calibration only).
+ADDED_OUTPUTS: tuple[str, ...] = ("predicted_class", "is_ood", "ood_p_value")
+Arrays = dict[str, npt.NDArray[np.generic]]
+
+
+def add_outputs(task: str, calibration: OodCalibration | None, out: Arrays, rows: int) -> Arrays:
+    """Add ``ADDED_OUTPUTS`` to one call's graph outputs ``out`` (``rows`` instances) of a model
+    of ``task`` with ``calibration``, in place. Without a calibration nothing is flagged and
+    there is no p-value."""
+    if task == "classification":
+        out["predicted_class"] = np.argmax(out["mean_probs"], axis=1).astype(np.int64)
+    if calibration is not None:
+        score = out[calibration.score]
+        out["is_ood"] = calibration.is_ood(score)
+        out["ood_p_value"] = calibration.p_values(score)
+    else:
+        out["is_ood"] = np.zeros(rows, dtype=bool)
+    return out

@@ -1,3 +1,3 @@
-"""The HTTP surface: the V1 and V2 routes, their codecs, OpenAPI, request parsing, the
-error answers and the one ASGI middleware. Routes decode, call the inference service
-(app/service.py) and encode; they never reach the runtime themselves."""
+"""The HTTP surface: the V1 and V2 routes, their codecs, OpenAPI, the error answers and the
+one ASGI middleware. Inference routes hand a call and their protocol's codec to the data plane
+(app/dataplane.py); no route reaches the runtime itself."""

@@ -14,10 +14,21 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+import orjson
 from starlette.responses import Response
 
-from app.api.responses import OrjsonResponse
 from app.errors import ServiceError
+
+
+class OrjsonResponse(Response):
+    """JSON via orjson; numpy arrays and scalars serialise natively. Every JSON answer of the
+    service uses it."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
 
 logger = logging.getLogger("app.main")  # the name log lines carry (their "logger" field)
 

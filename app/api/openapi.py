@@ -20,27 +20,10 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, TypeAdapter
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match, Route
-from starlette.types import Scope
+from starlette.routing import Route
 
 from app.api.error_responses import INFERENCE_ERROR_STATUSES
-
-
-class TemplatedRoute(Route):
-    """A Starlette route that leaves itself in ``scope["route"]`` as FastAPI's routes do, so
-    the request metrics are labelled with the path template, never a raw path.
-
-    A path match with another method is claimed too (answered 405 with ``Allow``): otherwise
-    a later, more general route would take it, e.g. ``GET /v1/models/{name}`` would read
-    ``GET /v1/models/digits:predict`` as a model named "digits:predict"."""
-
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        match, child_scope = super().matches(scope)
-        if match is not Match.NONE:
-            child_scope["route"] = self
-        if match is Match.PARTIAL:
-            match = Match.FULL
-        return match, child_scope
+from app.api.http import TemplatedRoute
 
 
 EndpointT = TypeVar("EndpointT", bound=Callable[..., Any])
@@ -71,6 +54,7 @@ class InferenceRoute:
     request_model: type[Any]  # a pydantic model or TypedDict
     response_model: type[BaseModel]
     error_model: type[BaseModel]
+    operation_id: str | None = None  # default: "<endpoint name>_<tag>"
 
     def route(self) -> Route:
         return TemplatedRoute(self.path, self.endpoint, methods=["POST"], include_in_schema=False)
@@ -91,7 +75,7 @@ class InferenceRoute:
         return {
             "tags": [self.tag],
             "summary": self.summary,
-            "operationId": f"{self.endpoint.__name__}_{self.tag}",
+            "operationId": self.operation_id or f"{self.endpoint.__name__}_{self.tag}",
             "parameters": params,
             "requestBody": {"required": True, "content": ref(self.request_model)},
             "responses": responses,

@@ -1,5 +1,6 @@
-"""The V1 codec (KServe V1 style): a ``{"instances": [...]}`` body to an input batch, and the
-outputs of one inference to rich per-instance predictions with uncertainty and OOD.
+"""The V1 codec (KServe V1 style), one object: a ``{"instances": [...]}`` body to an input
+batch, the outputs of one inference to rich per-instance predictions with uncertainty and
+OOD, and the model status body.
 
 V1 instances may each be nested to ``feature_shape`` or be a flat list of
 ``prod(feature_shape)`` numbers (row-major)."""
@@ -12,14 +13,18 @@ from typing import Any
 
 import numpy as np
 
-from app.api.parsing import check_structure, parse_body
+import orjson
+from starlette.responses import Response
+
 from app.api.schemas import V1_PREDICT_REQUEST
 from app.api.tensors import (
-    FloatBatch, body_budget, check_batch_size, check_response_size, numeric_array, to_float32,
+    FloatBatch, body_budget, check_batch_size, check_body_type, check_response_size, check_structure,
+    numeric_array, parse_body, to_float32,
 )
+from app.dataplane import Answer
 from app.errors import InvalidInput
 from app.serving.repository import ServedModel
-from app.serving.sessions import OutputArrays
+from app.serving.sessions import LoadedModel, OutputArrays
 from app.settings import Settings
 from contract.model import ModelMetadata
 
@@ -31,22 +36,58 @@ class PredictRequest:
     """A decoded V1 predict request."""
 
     batch: FloatBatch  # [B, *feature_shape]
-    return_heads: bool
+    heads: bool  # parameters.return_heads
 
 
-def decode_predict(raw: bytes, meta: ModelMetadata, settings: Settings) -> PredictRequest:
-    """The body of a predict request for this model; every check that needs no inference,
-    the bound on the answer's size included."""
-    budget = body_budget(meta.feature_shape, settings.max_instances)
-    check_structure(raw, budget.max_values, budget.max_containers, budget.expected)
-    body = parse_body(raw, V1_PREDICT_REQUEST, EXPECTED)
-    batch = instances_to_batch(
-        body.instances, meta.feature_shape, settings.max_instances,
-        check_booleans=b"true" in raw or b"false" in raw,
-    )
-    return_heads = body.parameters.return_heads
-    check_response_size(len(batch), values_per_row(meta, return_heads), settings.max_response_values)
-    return PredictRequest(batch, return_heads)
+class V1Codec:
+    """Decodes V1 predict requests against a model and encodes their answers (no state)."""
+
+    @staticmethod
+    def decode(raw: bytes, headers: list[tuple[bytes, bytes]], model: LoadedModel,
+               settings: Settings) -> PredictRequest:
+        """The body of a predict request for this model; every check that needs no
+        inference, the body type (JSON) and the bound on the answer's size included."""
+        check_body_type(headers, binary_extension=False)
+        meta = model.meta
+        budget = body_budget(meta.feature_shape, settings.max_instances)
+        check_structure(raw, budget.max_values, budget.max_containers, budget.expected)
+        body = parse_body(raw, V1_PREDICT_REQUEST, EXPECTED)
+        batch = instances_to_batch(
+            body.instances, meta.feature_shape, settings.max_instances,
+            check_booleans=b"true" in raw or b"false" in raw,
+        )
+        return_heads = body.parameters.return_heads
+        check_response_size(len(batch), values_per_row(meta, return_heads), settings.max_response_values)
+        return PredictRequest(batch, return_heads)
+
+    @staticmethod
+    def encode(answer: Answer[PredictRequest]) -> Response:
+        """The answer to a predict request."""
+        model = answer.model
+        body = {
+            "model_name": model.name,
+            "model_version": str(model.version),
+            "predictions": predictions(model.meta, answer.outputs, answer.request.heads),
+        }
+        return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+                        media_type="application/json")
+
+    @staticmethod
+    def status(name: str, served: ServedModel, versions: list[int]) -> dict[str, Any]:
+        """The answer to GET /v1/models/{name}."""
+        model = served.model
+        return {
+            "name": name,
+            "ready": True,  # only warmed-up versions are ever in the table
+            "version": str(model.version),
+            "versions": [str(v) for v in versions],
+            "provider": model.provider,
+            **({"parity_with_cpu": model.parity} if model.parity is not None else {}),
+            "sha256": model.sha256,
+            "input_shape": model.input_shape,
+            "metadata": model.meta.summary(),
+            "queue_depth": served.batcher.depth,
+        }
 
 
 def instances_to_batch(
@@ -141,28 +182,4 @@ def values_per_row(meta: ModelMetadata, return_heads: bool) -> int:
     return 2 * dim + common + (meta.num_heads * 2 * dim if return_heads else 0)
 
 
-def predict_body(name: str, version: int, meta: ModelMetadata, outputs: OutputArrays,
-                 return_heads: bool) -> dict[str, Any]:
-    """The answer to a predict request."""
-    return {
-        "model_name": name,
-        "model_version": str(version),
-        "predictions": predictions(meta, outputs, return_heads),
-    }
-
-
-def status_body(name: str, served: ServedModel, versions: list[int]) -> dict[str, Any]:
-    """The answer to GET /v1/models/{name}."""
-    model = served.model
-    return {
-        "name": name,
-        "ready": True,  # only warmed-up versions are ever in the table
-        "version": str(model.version),
-        "versions": [str(v) for v in versions],
-        "provider": model.provider,
-        **({"parity_with_cpu": model.parity} if model.parity is not None else {}),
-        "sha256": model.sha256,
-        "input_shape": model.input_shape,
-        "metadata": model.meta.summary(),
-        "queue_depth": served.batcher.depth,
-    }
+V1 = V1Codec()

@@ -79,7 +79,6 @@ class BatchAnswer:
 class BatchObserver:
     """Hooks for metrics; the default does nothing."""
 
-    def queue_depth(self, depth: int) -> None: ...
 
     def batch_done(self, size: int, duration_s: float, waits_s: list[float], outputs: OutputArrays) -> None:
         """After each successful ONNX Runtime call. ``size``: the instances in the call;
@@ -221,7 +220,6 @@ class Batcher:
         self._pending.append(item)
         self._pending_rows += item.size
         self._arrivals += 1
-        self._observer.queue_depth(len(self._pending))
         # One timer per request (cheaper than a timeout context around a shielded future): on
         # expiry the request fails with a clear message and, if still queued, is skipped.
         timer = loop.call_later(timeout_s, _expire, item.future, self._label, timeout_s)
@@ -283,7 +281,6 @@ class Batcher:
             batch.append(self._pending.popleft())
             self._pending_rows -= item.size
             size += item.size
-        self._observer.queue_depth(len(self._pending))
         return batch
 
     async def _run(self) -> None:

@@ -52,10 +52,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from app.errors import ModelNotFound, ModelNotReady
-from app.monitoring.live_drift import DriftMonitor
 from app.monitoring.live_gauges import LiveStateExchange, VersionState, WorkerState
+from app.monitoring.observer import ModelObserver
 from app.monitoring.service_metrics import ServiceMetrics, multiprocess_enabled
-from app.serving.batching import Batcher, BatchObserver
+from app.serving.batching import Batcher
 from app.serving.sessions import LoadedModel, OutputArrays, load_model
 from app.settings import Settings
 from contract.layout import MAX_VERSION, MODEL_FILE, NAME_PATTERN, version_folders
@@ -98,7 +98,7 @@ class ServedModel:
     model: LoadedModel
     batcher: Batcher
     stamp: FileStamp | None = None
-    observer: _Observer | None = None
+    observer: ModelObserver | None = None
 
 
 class _FileChanged(Exception):
@@ -242,39 +242,6 @@ def check_complete(model: LoadedModel) -> None:
             f"the file lacks {' and '.join(missing)}: an incomplete copy or an export without "
             "calibration; the service serves no model without OOD flags and drift monitoring"
         )
-
-
-class _Observer(BatchObserver):
-    """Feeds one served version's batches into the metrics and, while it is its model's
-    default version, into its drift window."""
-
-    def __init__(self, repo: ModelRepository, model: LoadedModel) -> None:
-        self._repo = repo
-        self._model = model
-        self._metrics = repo.metrics
-        calibration = model.meta.ood
-        self.drift = DriftMonitor(
-            model.meta.drift, repo.settings.drift_window,
-            None if calibration is None else calibration.n_calibration,
-        )
-        m, name = repo.metrics, model.name
-        # Label lookups once, not per request (they take a lock and hash the labels).
-        self._batch_size = m.batch_size.labels(name)
-        self._duration = m.inference_duration.labels(name)
-        self._wait = m.queue_wait.labels(name)
-
-    def queue_depth(self, depth: int) -> None:
-        pass  # read from the batcher at scrape time (app/monitoring/live_gauges.py)
-
-    def batch_done(self, size: int, duration_s: float, waits_s: list[float], outputs: OutputArrays) -> None:
-        self._batch_size.observe(size)
-        self._duration.observe(duration_s)
-        for w in waits_s:
-            self._wait.observe(w)
-        self._metrics.observe_predictions(self._model, outputs)
-        # Drift is about the traffic of a model's default version, judged by its reference.
-        if self._repo.default_version(self._model.name) == self._model.version:
-            self.drift.observe(outputs)
 
 
 class ModelRepository:
@@ -694,7 +661,10 @@ class ModelRepository:
         self._changing.discard(key)
         self._pending.discard(key)
         s = self.settings
-        observer = _Observer(self, model)
+        observer = ModelObserver(
+            self.metrics, model, self.settings.drift_window,
+            lambda: self.default_version(model.name) == model.version,
+        )
         batcher = Batcher(
             model.infer,
             max_batch_size=s.effective_batch_size,

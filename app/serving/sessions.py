@@ -9,32 +9,30 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
 from contract.onnxrt import session_options
 from contract.model import INPUT_NAME, ContractError, ModelMetadata, expected_output_shapes, head_names
+from contract.ood import Arrays, add_outputs
 
 logger = logging.getLogger("app.runtime")  # the name log lines carry (their "logger" field)
 
-# One inference's arrays by output name: the graph's outputs and the service's extra ones.
-OutputArrays = dict[str, npt.NDArray[np.generic]]
-# Outputs the service adds to the graph's: argmax of the mean probabilities and the OOD flag
-# with its conformal p-value, all [B].
-EXTRA_OUTPUTS = ("predicted_class", "is_ood", "ood_p_value")
+# One inference's arrays by output name: the graph's outputs and the ones the service adds
+# (contract.ood.ADDED_OUTPUTS).
+OutputArrays = Arrays
 WARMUP_BATCH = 2
 HEAD_OUTPUT = re.compile(r"head_[0-9]+")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LoadedModel:
-    """One version of one model, ready to run. ``infer`` is thread-safe (ORT sessions are)."""
+    """One version of one model, ready to run. ``infer`` is thread-safe (ORT sessions are).
+    Compared and hashed by identity: each load is its own object."""
 
     name: str
     version: int
@@ -46,9 +44,6 @@ class LoadedModel:
     # On an accelerator: the largest |difference| from the CPU provider on a probe batch, per
     # output (None on the CPU provider itself).
     parity: dict[str, float] | None = None
-    # What the protocol codecs derive from the metadata once per model, not per request
-    # (by their own keys; never mutated after it is stored).
-    memo: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @property
     def input_shape(self) -> list[int]:
@@ -70,38 +65,13 @@ class LoadedModel:
         """The graph outputs a call fetches: the per-head ``head_m`` only when ``heads``."""
         return self._fetched[1] if heads else self._fetched[0]
 
-    @cached_property
-    def _calibration_scores(self) -> npt.NDArray[np.float64]:
-        assert self.meta.ood is not None
-        return np.asarray(self.meta.ood.sorted_scores, dtype=np.float64)
-
-    def p_values(self, scores: npt.NDArray[np.generic]) -> npt.NDArray[np.float64]:
-        """The conformal p-value of each score, as ``OodCalibration.p_values`` computes it,
-        with the calibration scores turned into an array once per model, not per call."""
-        calibration = self.meta.ood
-        assert calibration is not None
-        stored = self._calibration_scores
-        at_least = stored.size - np.searchsorted(stored, np.asarray(scores, dtype=np.float64), side="left")
-        at_least = at_least * (calibration.n_calibration / stored.size)
-        return (1.0 + at_least) / (1.0 + calibration.n_calibration)
-
     def infer(self, batch: npt.NDArray[np.float32], heads: bool = False) -> OutputArrays:
         """Run the graph on [B, *feature_shape] float32; add the service's extra outputs.
         ``heads``: fetch the per-head outputs too (else ONNX Runtime is asked only for the
         others)."""
         names = self.output_names(heads)
         values = self.session.run(names, {INPUT_NAME: batch})
-        out: OutputArrays = dict(zip(names, values))
-        if self.meta.task == "classification":
-            out["predicted_class"] = np.argmax(out["mean_probs"], axis=1).astype(np.int64)
-        calibration = self.meta.ood
-        if calibration is not None:
-            score = out[calibration.score]
-            out["is_ood"] = calibration.is_ood(score)
-            out["ood_p_value"] = self.p_values(score)
-        else:
-            out["is_ood"] = np.zeros(batch.shape[0], dtype=bool)
-        return out
+        return add_outputs(self.meta.task, self.meta.ood, dict(zip(names, values)), batch.shape[0])
 
 
 ProviderSpec = str | tuple[str, dict[str, str]]

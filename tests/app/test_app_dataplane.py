@@ -1,10 +1,13 @@
-"""The inference service without HTTP: the API key check, and inference through a batcher
-that answers with the outputs and the facts of the call (nothing is written elsewhere)."""
+"""The data plane without HTTP: the order of a request's checks, the access-log facts it
+writes, decoding inline or in the parser thread, batching across calls, the deadline, and the
+API key check."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -12,9 +15,9 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from app.errors import Forbidden, InferenceTimeout, Unauthenticated
+from app.dataplane import Answer, DataPlane, InferCall
+from app.errors import Forbidden, InferenceTimeout, InvalidInput, ModelNotFound, Unauthenticated
 from app.monitoring.service_metrics import ServiceMetrics
-from app.service import InferenceResult, InferenceService
 from app.serving.batching import Batcher
 from app.serving.repository import ModelRepository, ServedModel
 from servekit import make_settings
@@ -22,17 +25,17 @@ from servekit import make_settings
 KEY = "a-long-enough-key"
 
 
-def service(tmp_path: Path, **settings: Any) -> InferenceService:
+def plane(tmp_path: Path, **settings: Any) -> DataPlane:
     values = make_settings(tmp_path, **settings)
-    return InferenceService(values, ModelRepository(values, ServiceMetrics(CollectorRegistry())))
+    return DataPlane(values, ModelRepository(values, ServiceMetrics(CollectorRegistry())))
 
 
 def test_api_key_check(tmp_path: Path) -> None:
-    open_service = service(tmp_path)
-    open_service.check_api_key(None)
-    assert open_service.has_access(None) and open_service.has_access("anything")
+    open_plane = plane(tmp_path)
+    open_plane.check_api_key(None)
+    assert open_plane.has_access(None) and open_plane.has_access("anything")
 
-    keyed = service(tmp_path, api_key=KEY)
+    keyed = plane(tmp_path, api_key=KEY)
     keyed.check_api_key(KEY)
     with pytest.raises(Unauthenticated, match="got none") as missing:
         keyed.check_api_key(None)
@@ -47,41 +50,141 @@ def row_sums(batch: np.ndarray, heads: bool = False) -> dict[str, np.ndarray]:
     return {"sum": batch.reshape(len(batch), -1).sum(axis=1)}
 
 
-def test_infer_answers_outputs_and_batch_facts(tmp_path: Path) -> None:
-    svc = service(tmp_path)
+@dataclass(frozen=True)
+class Rows:
+    batch: np.ndarray
+    heads: bool = False
 
-    async def main() -> list[InferenceResult]:
-        batcher = Batcher(row_sums, max_batch_size=64, max_delay_s=0.05, queue_size=10, label="t")
+
+class RowsCodec:
+    """A codec whose body is the rows as float32 bytes (4 columns) and whose ``meta`` is a log
+    it writes to; it records the thread that decoded."""
+
+    def __init__(self) -> None:
+        self.threads: list[str] = []
+
+    def decode(self, body: bytes, meta: list[str], model: Any, settings: Any) -> Rows:
+        meta.append("decode")
+        self.threads.append(threading.current_thread().name)
+        return Rows(np.frombuffer(body, np.float32).reshape(-1, 4))
+
+    def encode(self, answer: Answer[Rows]) -> Answer[Rows]:
+        return answer
+
+
+class OneModel:
+    """A repository that serves one batcher as model 'm', version 3."""
+
+    def __init__(self, batcher: Batcher) -> None:
+        model = cast(Any, type("Model", (), {"version": 3, "name": "m"}))
+        self.served = ServedModel(model=model, batcher=batcher)
+
+    def get(self, name: str, version: int | None) -> ServedModel:
+        if name != "m" or version not in (None, 3):
+            raise ModelNotFound(f"no {name}/{version}")
+        return self.served
+
+
+def call(rows: np.ndarray, key: str | None = None, version: str | None = None,
+         log: list[str] | None = None) -> InferCall:
+    log = log if log is not None else []
+
+    async def read() -> bytes:
+        log.append("read")
+        return np.asarray(rows, np.float32).tobytes()
+
+    return InferCall("m", version, key, read(), log)
+
+
+def with_batcher(tmp_path: Path, infer: Any = row_sums, **settings: Any) -> tuple[DataPlane, Batcher]:
+    p = plane(tmp_path, **settings)
+    batcher = Batcher(infer, max_batch_size=64, max_delay_s=0.05, queue_size=10, label="t")
+    p.repository = cast(Any, OneModel(batcher))
+    return p, batcher
+
+
+def test_infer_batches_calls_and_writes_the_access_log_facts(tmp_path: Path) -> None:
+    p, batcher = with_batcher(tmp_path)
+    codec = RowsCodec()
+    a, b = call(np.ones((2, 4))), call(2 * np.ones((3, 4)), version="3")
+
+    async def main() -> list[Answer[Rows]]:
         batcher.start()
-        served = ServedModel(model=cast(Any, None), batcher=batcher)
-        a = np.ones((2, 4), np.float32)
-        b = 2 * np.ones((3, 4), np.float32)
-        results = await asyncio.gather(svc.infer(served, a), svc.infer(served, b))
-        await batcher.close()
-        return list(results)
+        try:
+            return list(await asyncio.gather(p.infer(a, codec), p.infer(b, codec)))
+        finally:
+            await batcher.close()
 
     first, second = asyncio.run(main())
-    assert (first.instances, second.instances) == (2, 3)
     assert first.batch_size == second.batch_size == 5  # one ONNX Runtime call for both
     np.testing.assert_allclose(first.outputs["sum"], [4.0, 4.0])
     np.testing.assert_allclose(second.outputs["sum"], [8.0, 8.0, 8.0])
-    assert 0.0 <= first.queue_wait_s < 5.0 and 0.0 <= second.queue_wait_s < 5.0
+    assert 0.0 <= first.queue_wait_s < 5.0
+    assert a.facts == {"model": "m", "version": 3, "instances": 2, "batch_size": 5}
+    assert b.facts == {"model": "m", "version": 3, "instances": 3, "batch_size": 5}
+
+
+def test_nothing_is_read_or_decoded_before_the_key_and_the_lookup_pass(tmp_path: Path) -> None:
+    p, batcher = with_batcher(tmp_path, api_key=KEY)
+    codec = RowsCodec()
+    rows = np.ones((1, 4))
+
+    async def attempt(c: InferCall) -> Exception | None:
+        try:
+            await p.infer(c, codec)
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            return exc
+        return None
+
+    async def main() -> None:
+        batcher.start()
+        try:
+            log: list[str] = []
+            assert isinstance(await attempt(call(rows, key=None, log=log)), Unauthenticated)
+            assert log == []  # nothing read, nothing decoded
+            assert isinstance(await attempt(call(rows, key=KEY + "x", log=log)), Forbidden)
+            assert isinstance(await attempt(call(rows, key=KEY, version="x", log=log)), InvalidInput)
+            assert isinstance(await attempt(call(rows, key=KEY, version="4", log=log)), ModelNotFound)
+            assert log == []
+            assert await attempt(call(rows, key=KEY, log=log)) is None
+            assert log == ["read", "decode"]
+        finally:
+            await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_large_payloads_are_decoded_in_the_parser_thread(tmp_path: Path) -> None:
+    p, batcher = with_batcher(tmp_path, parse_in_thread_bytes=100)
+    codec = RowsCodec()
+
+    async def main() -> None:
+        p.start()
+        batcher.start()
+        try:
+            await p.infer(call(np.ones((6, 4))), codec)  # 96 bytes
+            await p.infer(call(np.ones((7, 4))), codec)  # 112 bytes
+        finally:
+            await batcher.close()
+            p.close()
+
+    asyncio.run(main())
+    assert codec.threads[0] == threading.main_thread().name
+    assert codec.threads[1].startswith("parse")
 
 
 def test_infer_is_bounded_by_the_request_timeout(tmp_path: Path) -> None:
-    svc = service(tmp_path, request_timeout_s=0.05)
-
     def slow(batch: np.ndarray, heads: bool = False) -> dict[str, np.ndarray]:
         time.sleep(0.3)
         return row_sums(batch)
 
+    p, batcher = with_batcher(tmp_path, slow, request_timeout_s=0.05)
+
     async def main() -> None:
-        batcher = Batcher(slow, max_batch_size=64, max_delay_s=0.0, queue_size=10, label="t")
         batcher.start()
         try:
             with pytest.raises(InferenceTimeout, match="request_timeout_s=0.05s"):
-                await svc.infer(ServedModel(model=cast(Any, None), batcher=batcher),
-                                np.ones((1, 4), np.float32))
+                await p.infer(call(np.ones((1, 4))), RowsCodec())
         finally:
             await batcher.close()
 

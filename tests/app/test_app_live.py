@@ -27,8 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def slow_inference(monkeypatch: pytest.MonkeyPatch) -> float:
-    delay = 0.4
+def slow_inference(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> float:
+    delay = getattr(request, "param", 0.4)
     real = app.serving.sessions.LoadedModel.infer
 
     def slow(self, batch, heads=False):  # type: ignore[no-untyped-def]
@@ -40,6 +40,8 @@ def slow_inference(monkeypatch: pytest.MonkeyPatch) -> float:
 
 
 @pytest.mark.slow
+# Long beside an HTTP round trip on a busy shared machine: a refusal must come before it.
+@pytest.mark.parametrize("slow_inference", [1.5], indirect=True)
 def test_full_queue_answers_503_quickly(repo: Path, slow_inference: float) -> None:
     settings = make_settings(repo, batching=False, queue_size=2, request_timeout_s=30)
 

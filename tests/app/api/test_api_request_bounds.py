@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-import app.api.parsing
+import app.api.tensors
 from app.settings import Settings
 from servekit import live_server, make_settings, serve
 
@@ -114,8 +114,8 @@ def test_max_size_junk_is_refused_from_its_structure_before_parsing(
     repo: Path, kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     parsed: list[int] = []
-    real = app.api.parsing.parse_json
-    monkeypatch.setattr(app.api.parsing, "parse_json", lambda raw: parsed.append(len(raw)) or real(raw))
+    real = app.api.tensors.parse_json
+    monkeypatch.setattr(app.api.tensors, "parse_json", lambda raw: parsed.append(len(raw)) or real(raw))
     body = JUNK[kind]
     assert len(body) <= MAX
     with serve(make_settings(repo)) as (client, _, _):
@@ -136,7 +136,7 @@ def test_large_bodies_are_parsed_off_the_event_loop(repo: Path, monkeypatch: pyt
     answering: the liveness probe gets its 200 before the parse is allowed to finish."""
     release = threading.Event()
     threads: list[str] = []
-    real = app.api.parsing.parse_json
+    real = app.api.tensors.parse_json
 
     def held(raw: bytes) -> Any:
         threads.append(threading.current_thread().name)
@@ -144,7 +144,7 @@ def test_large_bodies_are_parsed_off_the_event_loop(repo: Path, monkeypatch: pyt
             assert release.wait(20), "never released"
         return real(raw)
 
-    monkeypatch.setattr(app.api.parsing, "parse_json", held)
+    monkeypatch.setattr(app.api.tensors, "parse_json", held)
     big = {"instances": [[float(i % 17) + 0.123456789 for i in range(64)]] * 256}  # about 200 KB
     assert len(json.dumps(big)) > 100_000
     with live_server(make_settings(repo)) as (server, _, _), ThreadPoolExecutor(2) as pool:

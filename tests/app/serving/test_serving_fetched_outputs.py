@@ -57,14 +57,22 @@ def test_infer_asks_for_the_head_outputs_only_when_told(
     assert {f"head_{m}" for m in range(model.meta.num_heads)} <= set(full)
     for name, value in plain.items():  # the other outputs do not depend on what was fetched
         np.testing.assert_array_equal(value, full[name])
-    # The p-values from the array built once per model are the contract's, also when only
-    # order statistics of a large calibration set are stored.
+    # The served p-values (the contract's formula, its array made once per calibration) are
+    # counted as the formula says, also when only order statistics of a large calibration set
+    # are stored, and twice in a row (the cached array) give the same.
     scores = np.concatenate([full["model_uncertainty"], np.linspace(-1.0, 5.0, 200, dtype=np.float32)])
     large = OodCalibration.from_scores(np.random.default_rng(0).gamma(2.0, 0.5, size=5000))
     assert len(large.sorted_scores) < large.n_calibration
     for calibrated in (model, replace(model, meta=replace(model.meta, ood=large))):
-        assert calibrated.meta.ood is not None
-        np.testing.assert_array_equal(calibrated.p_values(scores), calibrated.meta.ood.p_values(scores))
+        ood = calibrated.meta.ood
+        assert ood is not None
+        stored = list(ood.sorted_scores)
+        by_hand = [(1 + ood.n_calibration / len(stored) * sum(v >= float(s) for v in stored))
+                   / (1 + ood.n_calibration) for s in scores]
+        np.testing.assert_allclose(ood.p_values(scores), by_hand, rtol=1e-12)
+        np.testing.assert_array_equal(ood.p_values(scores), ood.p_values(scores))
+        served = calibrated.infer(x[:2])
+        np.testing.assert_array_equal(served["ood_p_value"], ood.p_values(served[ood.score]))
 
 
 def test_requests_fetch_the_head_outputs_only_when_they_ask_for_them(

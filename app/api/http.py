@@ -1,38 +1,101 @@
-"""The one ASGI middleware (request size limit before any parsing; HTTP metrics and one
-access log line per request), and the notes route handlers leave for that line.
+"""Everything HTTP does around a request, in one place: the one ASGI middleware (the body
+size limit before any parsing; HTTP metrics and one access log line per request), the route
+class of the inference endpoints, the ``InferCall`` those endpoints hand to the data plane
+(model and version from the path, the API key from the headers, the body and headers for the
+codec), and the FastAPI dependencies of the metadata routes.
 
-The access log line's fields beyond method, route, status and duration come from the
-request's state dict: the inference routes fill it with ``note_request`` and ``note_batch``,
-nothing below the HTTP layer writes into it."""
+The access log line's fields beyond method, route, status and duration (model, version,
+instances, batch size) come from the request's state dict, which the inference routes hand
+to the data plane as the call's ``facts``.
+
+The inference routes are plain Starlette endpoints and build their call directly: resolving
+dependencies costs more per request than the checks themselves. The dependencies are
+``async def`` (FastAPI runs plain functions in a thread pool)."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Depends
 from starlette.requests import Request
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.error_responses import error_response
+from app.dataplane import DataPlane, InferCall
 from app.errors import BodyTooLarge
 from app.monitoring.service_metrics import ServiceMetrics
 
+
+def given_api_key(request: Request) -> str | None:
+    """The key of ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``, if any."""
+    given = request.headers.get("x-api-key")
+    auth = request.headers.get("authorization")
+    if given is None and auth is not None:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            given = token.strip()
+    return given
+
+
+def plane_of(request: Request) -> DataPlane:
+    return request.app.state.plane
+
+
+def infer_call(request: Request) -> tuple[DataPlane, InferCall]:
+    """The data plane and its call for an inference route. The body is read by the data plane,
+    after the key check and the lookup; the codec gets the ASGI headers beside it."""
+    params = request.path_params
+    scope = request.scope
+    call = InferCall(params["name"], params.get("version"), given_api_key(request), request.body(),
+                     scope["headers"], scope["state"])  # the dict the access log reads
+    return scope["app"].state.plane, call
+
+
+class TemplatedRoute(Route):
+    """A Starlette route that leaves itself in ``scope["route"]`` as FastAPI's routes do, so
+    the request metrics are labelled with the path template, never a raw path.
+
+    A path match with another method is claimed too (answered 405 with ``Allow``): otherwise
+    a later, more general route would take it, e.g. ``GET /v1/models/{name}`` would read
+    ``GET /v1/models/digits:predict`` as a model named "digits:predict"."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child_scope = super().matches(scope)
+        if match is not Match.NONE:
+            child_scope["route"] = self
+        if match is Match.PARTIAL:
+            match = Match.FULL
+        return match, child_scope
+
+
+# -- dependencies of the metadata routes -----------------------------------------------------
+
+
+async def get_plane(request: Request) -> DataPlane:
+    return plane_of(request)
+
+
+async def require_api_key(request: Request) -> None:
+    """Model names, versions and calibration are not public when a key is set."""
+    plane_of(request).check_api_key(given_api_key(request))
+
+
+def has_api_access(request: Request) -> bool:
+    """True when no key is set or the request carries the right one (never raises)."""
+    return plane_of(request).has_access(given_api_key(request))
+
+
+PlaneDep = Annotated[DataPlane, Depends(get_plane)]
+ApiKeyDep = Depends(require_api_key)
+
+
+# -- the middleware ------------------------------------------------------------------------------
+
 logger = logging.getLogger("app.access")  # the name log lines carry (their "logger" field)
-
-
-def note_request(request: Request, model: str, version: int, instances: int) -> None:
-    """What the access log line reports of an inference request, once its input is decoded."""
-    state = request.scope["state"]  # the dict the access log middleware reads
-    state["model"] = model
-    state["version"] = version
-    state["instances"] = instances
-
-
-def note_batch(request: Request, batch_size: int) -> None:
-    """The instances in the ONNX Runtime call that answered the request."""
-    request.scope["state"]["batch_size"] = batch_size
 
 
 def refusal_counter(metrics: ServiceMetrics) -> Callable[[str, int], None]:
