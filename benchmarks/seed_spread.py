@@ -1,7 +1,7 @@
 """How much the digits goals move with the distillation seed alone: the same members, the
 same transfer set, phases 1 and 2 started from other seeds (``distill.seed``), each evaluated
 on the final report's test and OOD sets. A figure that moves a lot here is noise at the
-precision the README prints it.
+precision docs/results.md prints it.
 
 Writes ``benchmarks/results/seed_spread.json``, from which ``render`` makes the ``seeds``
 table of docs/results.md.
