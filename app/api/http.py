@@ -15,7 +15,9 @@ dependencies costs more per request than the checks themselves. The dependencies
 from __future__ import annotations
 
 import logging
+import re
 import time
+import uuid
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -108,6 +110,19 @@ def refusal_counter(metrics: ServiceMetrics) -> Callable[[str, int], None]:
     return count
 
 
+# A client's X-Request-Id is kept when it is 1 to 128 visible ASCII characters (what tracing
+# headers and UUIDs are); anything else (empty, too long, spaces, control or non-ASCII bytes
+# that would break a log line or a header) is replaced by a new id, never echoed.
+_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")
+
+
+def request_id_of(given: bytes | None) -> str:
+    """The request's id: the client's X-Request-Id when it is well formed, else a new one."""
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return given.decode("ascii")
+    return uuid.uuid4().hex
+
+
 def _route_label(scope: Scope) -> str:
     """The route template (bounded label values), never the raw path of an unknown URL."""
     route = getattr(scope.get("route"), "path", None)
@@ -121,6 +136,8 @@ def _route_label(scope: Scope) -> str:
 class RequestMiddleware:
     """Per request, in one ASGI layer (each layer costs on every request):
 
+    - the request id: the client's ``X-Request-Id`` (or a new one) echoed on the answer and
+      written on the access log line;
     - the body size limit, before anything parses: by Content-Length up front (413 at once),
       and for a body without one by counting bytes as the handler reads them (the read
       raises; the error handler answers 413). A body is never buffered twice;
@@ -145,23 +162,28 @@ class RequestMiddleware:
             return
         started = time.perf_counter()
         status = 500
-        scope.setdefault("state", {})
+        declared: int | None = None
+        given_id: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                declared = int(value) if value.isdigit() else 0
+            elif name == b"x-request-id":
+                given_id = value
+        request_id = request_id_of(given_id)
+        scope.setdefault("state", {})["request_id"] = request_id
+        id_header = (b"x-request-id", request_id.encode("ascii"))
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message["headers"] = [*message.get("headers", ()), id_header]
             await send(message)
 
         try:
             if scope["method"] in ("GET", "HEAD", "OPTIONS"):
                 await self.app(scope, receive, send_wrapper)
                 return
-            declared = None
-            for name, value in scope["headers"]:
-                if name == b"content-length":
-                    declared = int(value) if value.isdigit() else 0
-                    break
             if declared is not None:
                 # The server never passes on more than Content-Length says.
                 if declared > self.max_bytes:
@@ -212,5 +234,6 @@ class RequestMiddleware:
                     "version": state.get("version"),
                     "instances": state.get("instances"),
                     "batch_size": state.get("batch_size"),
+                    "request_id": state["request_id"],
                 },
             )

@@ -56,7 +56,7 @@ from app.monitoring.live_gauges import LiveStateExchange, VersionState, WorkerSt
 from app.monitoring.observer import ModelObserver
 from app.monitoring.service_metrics import ServiceMetrics, multiprocess_enabled
 from app.serving.batching import Batcher
-from app.serving.sessions import LoadedModel, OutputArrays, load_model
+from app.serving.sessions import LoadedModel, OutputArrays, load_model, runtime_providers
 from app.settings import Settings
 from contract.layout import MAX_VERSION, MODEL_FILE, NAME_PATTERN, version_folders
 from contract.model import ContractError
@@ -265,6 +265,7 @@ class ModelRepository:
         self._probes: dict[str, asyncio.Future[Any]] = {}  # listings in flight, by folder
         self._stalled: set[str] = set()  # listings logged as not finishing
         self._load_slot = asyncio.Semaphore(1)  # ONNX Runtime sessions made one at a time
+        self._providers = list(settings.providers)  # those that can load here, from start()
         self._scanned = False
         self._awaited: set[str] = set()  # models the first scan found, until they settle
         self._task: asyncio.Task[None] | None = None
@@ -367,6 +368,9 @@ class ModelRepository:
 
     async def start(self) -> None:
         """Load in the background: the server answers (not ready) while models warm up."""
+        self._providers, why = runtime_providers(list(self.settings.providers))
+        logger.info("ONNX Runtime runs models on %s", why, extra={"event": "providers",
+                                                                  "providers": self._providers})
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self._watch(), name="repository-watch")
         directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
@@ -624,7 +628,7 @@ class ModelRepository:
             async with self._load_slot:
                 model = await asyncio.to_thread(
                     load_model, name, version, path,
-                    providers=list(self.settings.providers),
+                    providers=self._providers,
                     intra_op_threads=self.settings.intra_op_threads,
                     cuda_tf32=self.settings.cuda_tf32,
                     data=data,

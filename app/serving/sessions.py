@@ -6,6 +6,7 @@ in worker threads.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import re
@@ -83,6 +84,37 @@ def provider_specs(providers: list[str], cuda_tf32: bool = False) -> list[Provid
     can flip a head's argmax; off unless asked for, so CUDA and CPU agree to float32 rounding."""
     return [(p, {"use_tf32": "1" if cuda_tf32 else "0"}) if p == "CUDAExecutionProvider" else p
             for p in providers]
+
+
+def _cuda_libraries_load() -> str | None:
+    """None when ONNX Runtime's CUDA provider library and the CUDA libraries it links (cuBLAS,
+    cuDNN, the runtime) load in this process, else why not. Asking ONNX Runtime for the provider
+    where they do not load prints an error on every session before it falls back to the CPU."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return "this ONNX Runtime build has no CUDA provider"
+    library = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+    try:
+        ctypes.CDLL(str(library))  # what ONNX Runtime does first; fails on a missing dependency
+    except OSError as exc:
+        return f"its libraries do not load ({exc})"
+    return None
+
+
+def runtime_providers(requested: list[str]) -> tuple[list[str], str]:
+    """The providers to ask ONNX Runtime for, in order, and one sentence that says which
+    provider runs and why: CUDA only where its libraries load."""
+    if "CUDAExecutionProvider" not in requested:
+        return list(requested), f"providers {', '.join(requested)} as configured (HYDRA_PROVIDERS)"
+    why_not = _cuda_libraries_load()
+    if why_not is None:
+        return list(requested), (
+            "CUDAExecutionProvider: its libraries load (each model's session says whether a GPU "
+            "takes it; parity with the CPU provider is measured at load)"
+        )
+    rest = [p for p in requested if p != "CUDAExecutionProvider"]
+    if not rest:
+        raise RuntimeError(f"HYDRA_PROVIDERS asks for CUDAExecutionProvider only, but {why_not}")
+    return rest, f"{rest[0]}: CUDAExecutionProvider left out because {why_not}"
 
 
 PARITY_ROWS = 16

@@ -66,3 +66,60 @@ def test_the_tf32_setting_reaches_the_loader(repo, monkeypatch) -> None:  # noqa
     with serve(make_settings(repo, cuda_tf32=Settings().cuda_tf32)):
         pass
     assert seen and all(seen)
+
+
+def test_cuda_is_asked_for_only_where_its_libraries_load(monkeypatch) -> None:  # noqa: ANN001
+    import app.serving.sessions as sessions
+
+    both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    loaded: list[str] = []
+
+    def fails(path: str) -> None:
+        loaded.append(path)
+        raise OSError("libcublasLt.so.13: cannot open shared object file")
+
+    monkeypatch.setattr(sessions.ort, "get_available_providers", lambda: ["CUDAExecutionProvider",
+                                                                          "CPUExecutionProvider"])
+    monkeypatch.setattr(sessions.ctypes, "CDLL", fails)
+    providers, why = sessions.runtime_providers(both)
+    assert providers == ["CPUExecutionProvider"]
+    assert loaded and loaded[0].endswith("libonnxruntime_providers_cuda.so")
+    assert why == ("CPUExecutionProvider: CUDAExecutionProvider left out because its libraries "
+                   "do not load (libcublasLt.so.13: cannot open shared object file)")
+    import pytest
+
+    with pytest.raises(RuntimeError, match="CUDAExecutionProvider only, but its libraries do not load"):
+        sessions.runtime_providers(["CUDAExecutionProvider"])
+    # Where they load, the list stays as configured; a CPU-only list is never probed.
+    monkeypatch.setattr(sessions.ctypes, "CDLL", lambda path: loaded.append(path))
+    assert sessions.runtime_providers(both)[0] == both
+    loaded.clear()
+    assert sessions.runtime_providers(["CPUExecutionProvider"])[0] == ["CPUExecutionProvider"]
+    assert loaded == []
+    # A build without the CUDA provider says so.
+    monkeypatch.setattr(sessions.ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert sessions.runtime_providers(both)[1].endswith("this ONNX Runtime build has no CUDA provider")
+
+
+def test_loading_on_a_machine_without_cuda_logs_one_line_and_no_onnx_runtime_error(
+    repo, capfd, caplog  # noqa: ANN001
+) -> None:
+    """Here (no CUDA libraries, as on the build machine) a default provider list loads the
+    model on the CPU with no error from ONNX Runtime, and one log line says why."""
+    import logging
+
+    import app.serving.sessions as sessions
+    from tests.app.servekit import make_settings, serve
+
+    if sessions._cuda_libraries_load() is None:
+        import pytest
+
+        pytest.skip("this machine's CUDA libraries load")
+    caplog.set_level(logging.INFO, logger="app.repository")
+    settings = make_settings(repo, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with serve(settings) as (client, _, _):
+        assert client.get("/v2/models/digits/ready").json()["provider"] == "CPUExecutionProvider"
+    lines = [r for r in caplog.records if getattr(r, "event", None) == "providers"]
+    assert len(lines) == 1 and "CUDAExecutionProvider left out because" in lines[0].getMessage()
+    err = capfd.readouterr().err
+    assert "libcublas" not in err and "CUDAExecutionProvider" not in err, err[-2000:]
