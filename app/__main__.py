@@ -1,30 +1,30 @@
-"""``hydra-serve``: read the settings, set up logging (and multiprocess metrics), run uvicorn
-(with the bounded HTTP parser of app/http_server.py)."""
+"""``hydra-serve``: read the command line and the settings (app/cli.py), set up logging (and
+multiprocess metrics), run uvicorn (with the bounded HTTP parser of app/http_server.py)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import shutil
-import sys
 import tempfile
+from collections.abc import Sequence
 
-import uvicorn
-from pydantic import ValidationError
-
-from app.http_server import uvicorn_options
-from app.monitoring.live_gauges import clear_stale_files
-from app.monitoring.logs import configure_logging
-from app.settings import Settings
+from app.cli import settings_from
 
 logger = logging.getLogger("app")
 
 
-def main() -> None:
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        sys.exit(f"hydra-serve: invalid settings (HYDRA_* environment variables):\n{exc}")
+def main(argv: Sequence[str] | None = None) -> None:
+    # Flags, unknown HYDRA_* variables and invalid values are refused here, before the server
+    # code is imported. The flags are now in the HYDRA_* variables, which workers read.
+    settings = settings_from(argv)
+
+    import uvicorn
+
+    from app.http_server import uvicorn_options
+    from app.monitoring.live_gauges import clear_stale_files
+    from app.monitoring.logs import configure_logging
+
     configure_logging(settings.log_level, settings.log_format)
     # uvicorn with its httptools parser, the request head bounded (app/http_server.py).
     common = uvicorn_options(settings)
@@ -49,6 +49,8 @@ def main() -> None:
         settings.workers, os.environ["PROMETHEUS_MULTIPROC_DIR"],
     )
     try:
+        # The workers read the environment (app.main:create_app_from_env): the HYDRA_*
+        # variables this process checked, the flags written into them.
         uvicorn.run(
             "app.main:create_app_from_env", factory=True, workers=settings.workers, **common  # type: ignore[arg-type]
         )

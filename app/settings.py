@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -10,6 +12,18 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 logger = logging.getLogger(__name__)
+
+ENV_PREFIX = "HYDRA_"
+
+# HYDRA_-prefixed names used elsewhere in the project that are not service settings: an
+# environment holding them is not refused (see unknown_variables).
+NOT_SETTINGS: dict[str, str] = {
+    "HYDRA_REQUIRE_PROMETHEUS": "test switch (.ci/run exports it; tests start hydra-serve)",
+    "HYDRA_UID": "Dockerfile build argument: the image user's uid",
+    "HYDRA_IMAGE_TAG": "docker-compose.yml: the images' tag",
+    "HYDRA_HTTP_PORT": "docker-compose.yml: the host port published for the container's 8000",
+    "HYDRA_TRAIN_CONFIG": "docker-compose.yml: the config the train service runs",
+}
 
 KNOWN_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 DEFAULT_PROVIDERS = list(KNOWN_PROVIDERS)
@@ -110,3 +124,25 @@ class Settings(BaseSettings):
             logger.warning("listening on all interfaces (%s); put it behind a proxy", self.host)
         if self.api_key is None:
             logger.info("no api_key set: the prediction endpoints are open")
+
+
+def setting_variables() -> dict[str, str]:
+    """Every environment variable the settings are read from, with its field's name."""
+    return {f"{ENV_PREFIX}{name.upper()}": name for name in Settings.model_fields}
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """The ``HYDRA_*`` names in ``environ`` that are neither a setting nor in NOT_SETTINGS
+    (compared without case, as the settings are read), each with the setting whose name is
+    nearest (difflib), or None where none is close."""
+    known = setting_variables()
+    suffixes = [name.removeprefix(ENV_PREFIX) for name in known]
+    found: list[tuple[str, str | None]] = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known or upper in NOT_SETTINGS:
+            continue
+        # Compared without the shared prefix, which would make every name look close.
+        close = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), suffixes, n=1)
+        found.append((name, ENV_PREFIX + close[0] if close else None))
+    return found
