@@ -77,12 +77,14 @@ COPY --from=service-build /opt/venv /opt/venv
 ENV HYDRA_REPOSITORY=/models \
     HYDRA_HOST=0.0.0.0 \
     HYDRA_PORT=8000 \
+    HYDRA_GRPC_PORT=8081 \
     HOME=/home/hydra
 WORKDIR /opt/hydra
 USER ${HYDRA_UID}:${HYDRA_UID}
 # The model repository is data, not part of the image: mount it (read-only is enough).
+# Ports: HTTP (V1, V2, /metrics) and gRPC (Open Inference Protocol).
 VOLUME ["/models"]
-EXPOSE 8000
+EXPOSE 8000 8081
 # Ready means a model is loaded and its warm-up inference passed; python, so no curl needed.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('HYDRA_PORT', '8000') + '/v2/health/ready', timeout=4)"]

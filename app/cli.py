@@ -53,6 +53,10 @@ FLAGS = (
          "model repository: one folder per model, one numbered folder per version in it"),
     Flag("host", "--host", "HOST", "address to listen on (0.0.0.0: every interface)"),
     Flag("port", "--http-port", "PORT", "HTTP port to listen on"),
+    Flag("grpc_port", "--grpc-port", "PORT",
+         "gRPC port (Open Inference Protocol) to listen on; 0: no gRPC server"),
+    Flag("model_name", "--model-name", "NAME",
+         "serve the repository root itself as this one model (KServe's /mnt/models layout)"),
     Flag("workers", "--workers", "N",
          "server processes (1 to 32); with more than one, /metrics merges theirs"),
     Flag("log_level", "--log-level", "LEVEL", "DEBUG, INFO, WARNING or ERROR (any case)"),
@@ -99,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description=(
-            "Serve the models of a model repository over HTTP (KServe v2 and v1 protocols).\n"
+            "Serve the models of a model repository over HTTP (KServe v2 and v1 protocols)\n"
+            "and gRPC (Open Inference Protocol).\n"
             "Each flag overrides its HYDRA_* environment variable; an unknown HYDRA_*\n"
             "variable (a misspelt setting) stops the start."
         ),

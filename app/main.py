@@ -34,11 +34,20 @@ def _lifespan(
         settings.log_summary()
         plane.start()
         await repository.start()
+        grpc_server = None
+        if settings.grpc_port:
+            from app.grpc_api.server import create_server  # grpc only where it is served
+
+            grpc_server = create_server(settings, plane, metrics)
+            await grpc_server.start()
+            logger.info("gRPC (Open Inference Protocol) on %s:%d", settings.host, settings.grpc_port)
         try:
             # The lifespan state reaches the server: app/http_server.py counts the requests it
             # refuses before they reach the application (request heads over a limit) with it.
             yield {REFUSAL_HOOK: refusal_counter(metrics)}
         finally:
+            if grpc_server is not None:  # calls in flight finish, new ones are refused
+                await grpc_server.stop(settings.request_timeout_s + 1.0)
             plane.close()
             # uvicorn has stopped taking requests and finished those in flight; now the
             # batching queues drain and the watcher stops.

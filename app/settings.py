@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from contract.layout import is_model_name
+
 logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "HYDRA_"
@@ -35,8 +37,14 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HYDRA_", extra="forbid", frozen=True)
 
     repository: Path = Path("models")
+    # One model whose files are the repository root itself, served under this name (KServe's
+    # layout: HYDRA_REPOSITORY=/mnt/models and the InferenceService's name); None: every
+    # <repository>/<name>/ folder is a model.
+    model_name: str | None = None
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    # The Open Inference Protocol over gRPC (app/grpc_api/); 0: no gRPC server.
+    grpc_port: int = Field(8081, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=32)
 
     # Batching: one ONNX Runtime call gathers up to max_batch_size instances, waiting at most
@@ -81,6 +89,13 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, v: object) -> object:
         return v.upper() if isinstance(v, str) else v
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_name(cls, value: str | None) -> str | None:
+        if value is not None and not is_model_name(value):
+            raise ValueError(f"a model name (letters, digits, '_', '.', '-'; at most 64) expected, got {value!r}")
+        return value
 
     @field_validator("providers", mode="before")
     @classmethod

@@ -76,7 +76,7 @@ def requests_for(name: str, features: int) -> list[tuple[str, str, dict[str, str
 
 
 def snapshot(repository: Path) -> dict:
-    settings = Settings(repository=repository, providers=["CPUExecutionProvider"],
+    settings = Settings(repository=repository, providers=["CPUExecutionProvider"], grpc_port=0,
                         max_batch_delay_ms=0.0)
     app = create_app(settings, CollectorRegistry())
     out: dict = {"requests": []}

@@ -35,6 +35,7 @@ from contract.layout import MAX_VERSION_DIGITS, ascii_number
 WIRE_DTYPES = {"FP32": "<f4", "INT64": "<i8", "BOOL": "?"}
 PLATFORM = "onnxruntime_onnx"
 EXPECTED = "an object with 'inputs': [{name, shape, datatype, data}]"
+EXPECTED_INPUT = "one input named 'input' expected"
 HEADER_LENGTH = b"inference-header-content-length"
 PLANS_PER_MODEL = 64  # distinct output lists remembered per model; others are planned each time
 _NAME = itemgetter("name")
@@ -94,7 +95,7 @@ class V2Codec:
         req = parse_body(header, V2_INFER_REQUEST, EXPECTED)
         inputs = req["inputs"]
         if len(inputs) != 1 or inputs[0]["name"] != "input":
-            raise InvalidInput(f"one input named 'input' expected, got {[t['name'] for t in inputs][:10]}")
+            raise InvalidInput(f"{EXPECTED_INPUT}, got {[t['name'] for t in inputs][:10]}")
         tensor = inputs[0]
         if tensor["datatype"] != "FP32":
             raise InvalidInput(f"input 'input': datatype FP32 expected, got {tensor['datatype']!r}")
@@ -103,12 +104,12 @@ class V2Codec:
             tensor.get("data"), tensor["shape"], model.meta.feature_shape, settings.max_instances,
             binary=chunk, check_booleans=b"true" in header or b"false" in header,
         )
-        plan = self._plan(model, req)
+        plan = self.plan(model, req)
         check_response_size(len(batch), plan.per_row, settings.max_response_values)
         return InferRequest(req.get("id"), batch, plan, plan.heads)
 
-    def _plan(self, model: LoadedModel, req: V2InferRequest) -> OutputPlan:
-        """The plan of the outputs ``req`` asks for. Remembered per model when each requested
+    def plan(self, model: LoadedModel, req: V2InferRequest | dict[str, Any]) -> OutputPlan:
+        """The plan of the outputs ``req`` asks for (a V2 request, or its gRPC equivalent). Remembered per model when each requested
         output gives only its name (then the names and ``binary_data_output`` decide it all)."""
         all_binary = _flag(req.get("parameters"), "binary_data_output", False)
         outputs = req.get("outputs")

@@ -132,6 +132,13 @@ class ServiceMetrics:
             "hydra_http_request_duration_seconds", "HTTP request duration",
             ["route", "method"], buckets=LATENCY_BUCKETS, registry=r,
         )
+        self.grpc_requests = Counter(
+            "hydra_grpc_requests", "gRPC calls answered", ["method", "code"], registry=r
+        )
+        self.grpc_duration = Histogram(
+            "hydra_grpc_request_duration_seconds", "gRPC call duration",
+            ["method"], buckets=LATENCY_BUCKETS, registry=r,
+        )
         self.predictions = Counter(
             "hydra_predictions", "Instances predicted", ["model", "version"], registry=r
         )

