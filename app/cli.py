@@ -55,6 +55,8 @@ FLAGS = (
     Flag("port", "--http-port", "PORT", "HTTP port to listen on"),
     Flag("grpc_port", "--grpc-port", "PORT",
          "gRPC port (Open Inference Protocol) to listen on; 0: no gRPC server"),
+    Flag("metrics_port", "--metrics-port", "PORT",
+         "serve /metrics on this port only, apart from inference; 0: on the HTTP port"),
     Flag("model_name", "--model-name", "NAME",
          "serve the repository root itself as this one model (KServe's /mnt/models layout)"),
     Flag("workers", "--workers", "N",

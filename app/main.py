@@ -3,6 +3,7 @@ HTTP surface together; nothing is built at import time."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -41,11 +42,21 @@ def _lifespan(
             grpc_server = create_server(settings, plane, metrics)
             await grpc_server.start()
             logger.info("gRPC (Open Inference Protocol) on %s:%d", settings.host, settings.grpc_port)
+        metrics_task = metrics_server = None
+        if settings.metrics_port:
+            from app.api.ops import metrics_server as make_metrics_server
+
+            metrics_server, sock = make_metrics_server(metrics.registry, settings.host, settings.metrics_port)
+            metrics_task = asyncio.create_task(metrics_server.serve(sockets=[sock]), name="metrics-server")
+            logger.info("/metrics on %s:%d (not on the HTTP port)", settings.host, settings.metrics_port)
         try:
             # The lifespan state reaches the server: app/http_server.py counts the requests it
             # refuses before they reach the application (request heads over a limit) with it.
             yield {REFUSAL_HOOK: refusal_counter(metrics)}
         finally:
+            if metrics_server is not None and metrics_task is not None:
+                metrics_server.should_exit = True
+                await metrics_task
             if grpc_server is not None:  # calls in flight finish, new ones are refused
                 await grpc_server.stop(settings.request_timeout_s + 1.0)
             plane.close()
@@ -77,7 +88,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app.state.plane = plane
     app.state.metrics = metrics
     app.state.registry = registry
-    install_routes(app)
+    install_routes(app, metrics_here=not settings.metrics_port)
     install_error_handlers(app)
     app.add_middleware(RequestMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     return app

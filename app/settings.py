@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     # The Open Inference Protocol over gRPC (app/grpc_api/); 0: no gRPC server.
     grpc_port: int = Field(8081, ge=0, le=65535)
+    # /metrics on a port of its own (fenceable apart from inference); 0: on the HTTP port.
+    metrics_port: int = Field(0, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=32)
 
     # Batching: one ONNX Runtime call gathers up to max_batch_size instances, waiting at most
