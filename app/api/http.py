@@ -32,15 +32,35 @@ from app.errors import BodyTooLarge
 from app.monitoring.service_metrics import ServiceMetrics
 
 
+# The key and request id of a call, shared with the gRPC transport (app/grpc_api/server.py).
+
+
+def api_key_of(x_api_key: str | None, authorization: str | None) -> str | None:
+    """The key a request carries, in an ``X-API-Key`` header (gRPC: ``x-api-key`` metadata)
+    or as ``Authorization: Bearer <key>``, if any."""
+    if x_api_key is None and authorization is not None:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return x_api_key
+
+
+# A client's X-Request-Id is kept when it is 1 to 128 visible ASCII characters (what tracing
+# headers and UUIDs are); anything else (empty, too long, spaces, control or non-ASCII bytes
+# that would break a log line or a header) is replaced by a new id, never echoed.
+_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")
+
+
+def request_id_of(given: bytes | None) -> str:
+    """The request's id: the client's ``X-Request-Id`` when it is well formed, else a new one."""
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return given.decode("ascii")
+    return uuid.uuid4().hex
+
+
 def given_api_key(request: Request) -> str | None:
     """The key of ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``, if any."""
-    given = request.headers.get("x-api-key")
-    auth = request.headers.get("authorization")
-    if given is None and auth is not None:
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            given = token.strip()
-    return given
+    return api_key_of(request.headers.get("x-api-key"), request.headers.get("authorization"))
 
 
 def plane_of(request: Request) -> DataPlane:
@@ -108,19 +128,6 @@ def refusal_counter(metrics: ServiceMetrics) -> Callable[[str, int], None]:
         metrics.http_requests.labels("unmatched", method, str(status)).inc()
 
     return count
-
-
-# A client's X-Request-Id is kept when it is 1 to 128 visible ASCII characters (what tracing
-# headers and UUIDs are); anything else (empty, too long, spaces, control or non-ASCII bytes
-# that would break a log line or a header) is replaced by a new id, never echoed.
-_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")
-
-
-def request_id_of(given: bytes | None) -> str:
-    """The request's id: the client's X-Request-Id when it is well formed, else a new one."""
-    if given is not None and _REQUEST_ID.fullmatch(given):
-        return given.decode("ascii")
-    return uuid.uuid4().hex
 
 
 def _route_label(scope: Scope) -> str:

@@ -21,6 +21,7 @@ from app.api.v2_codec import V2
 router = APIRouter(prefix="/v2", tags=["v2"])
 ERRORS = documented_errors(V2Error)
 
+SERVER_NAME = "hydra-serving"
 try:
     SERVER_VERSION = package_version("hydra-serving")
 except PackageNotFoundError:  # running from a source tree that is not installed
@@ -29,7 +30,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 @get_and_head(router, "", summary="Server metadata")
 async def server_metadata() -> dict[str, Any]:
-    return {"name": "hydra-serving", "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]}
+    return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]}
 
 
 @get_and_head(router, "/health/live", summary="Liveness: the process answers")

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from grpc import aio
 
-from app.api.http import request_id_of
-from app.api.v2 import SERVER_VERSION
+from app.api.http import api_key_of, request_id_of
+from app.api.v2 import SERVER_NAME, SERVER_VERSION
 from app.dataplane import DataPlane, InferCall
 from app.errors import (
-    BatchTooLarge, BodyTooLarge, Forbidden, InferenceFailed, InferenceTimeout, ModelNotFound,
+    BatchTooLarge, Forbidden, InferenceFailed, InferenceTimeout, ModelNotFound,
     ModelNotReady, NonFiniteOutput, Overloaded, ResponseTooLarge, ServiceError, Unauthenticated,
 )
 from app.grpc_api import inference_pb2 as pb
@@ -38,7 +37,6 @@ errors_logger = logging.getLogger("app.grpc")
 STATUS_CODES: tuple[tuple[type[ServiceError], grpc.StatusCode], ...] = (
     (BatchTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ResponseTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (BodyTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (Forbidden, grpc.StatusCode.PERMISSION_DENIED),
@@ -63,19 +61,13 @@ def _metadata(context: aio.ServicerContext) -> dict[str, str | bytes]:
     return {key: value for key, value in context.invocation_metadata() or ()}
 
 
-def api_key_of(metadata: dict[str, Any]) -> str | None:
-    """The key of ``x-api-key`` or ``authorization: Bearer <key>`` metadata, if any."""
-    given = metadata.get("x-api-key")
-    auth = metadata.get("authorization")
-    if given is None and isinstance(auth, str):
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            given = token.strip()
-    return given if isinstance(given, str) else None
+def _text(value: str | bytes | None) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 class InferenceServicer:
-    """The six calls, each a coroutine (request, context) -> response."""
+    """The six calls, each a coroutine (request, the API key it carries, the access-log facts)
+    -> response."""
 
     def __init__(self, plane: DataPlane, metrics: ServiceMetrics) -> None:
         self.plane = plane
@@ -83,38 +75,35 @@ class InferenceServicer:
 
     # -- health and metadata -----------------------------------------------------------------
 
-    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any, facts: dict) -> Any:
+    async def ServerLive(self, request: pb.ServerLiveRequest, api_key: str | None, facts: dict) -> Any:
         return pb.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any, facts: dict) -> Any:
+    async def ServerReady(self, request: pb.ServerReadyRequest, api_key: str | None, facts: dict) -> Any:
         return pb.ServerReadyResponse(ready=self.plane.ready)
 
-    async def ServerMetadata(self, request: Any, context: Any, facts: dict) -> Any:
-        return pb.ServerMetadataResponse(name="hydra-serving", version=SERVER_VERSION)
+    async def ServerMetadata(self, request: Any, api_key: str | None, facts: dict) -> Any:
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION)
 
-    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any, facts: dict) -> Any:
+    async def ModelReady(self, request: pb.ModelReadyRequest, api_key: str | None, facts: dict) -> Any:
         """As over HTTP: ready, or NOT_FOUND (unknown) / UNAVAILABLE (still loading)."""
-        self.plane.check_api_key(facts["api_key"])
+        self.plane.check_api_key(api_key)
         self.plane.model(request.name, request.version or None)
         return pb.ModelReadyResponse(ready=True)
 
-    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any, facts: dict) -> Any:
-        self.plane.check_api_key(facts["api_key"])
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, api_key: str | None, facts: dict) -> Any:
+        self.plane.check_api_key(api_key)
         served = self.plane.model(request.name, request.version or None)
         return GRPC.metadata(served, self.plane.versions(request.name))
 
     # -- inference ---------------------------------------------------------------------------
 
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any, facts: dict) -> Any:
+    async def ModelInfer(self, request: pb.ModelInferRequest, api_key: str | None, facts: dict) -> Any:
         async def body() -> pb.ModelInferRequest:
             return request
 
-        call = InferCall(request.model_name, request.model_version or None, facts["api_key"],
+        call = InferCall(request.model_name, request.model_version or None, api_key,
                          body(), None, facts)
         return await self.plane.infer(call, GRPC)
-
-
-CallT = Callable[[Any, aio.ServicerContext], Awaitable[Any]]
 
 
 def _handler(servicer: InferenceServicer, name: str, request_type: Any) -> grpc.RpcMethodHandler:
@@ -130,11 +119,12 @@ def _handler(servicer: InferenceServicer, name: str, request_type: Any) -> grpc.
         metadata = _metadata(context)
         given = metadata.get("x-request-id")
         request_id = request_id_of(given.encode("latin-1") if isinstance(given, str) else None)
-        facts: dict[str, Any] = {"request_id": request_id, "api_key": api_key_of(metadata)}
+        api_key = api_key_of(_text(metadata.get("x-api-key")), _text(metadata.get("authorization")))
+        facts: dict[str, Any] = {"request_id": request_id}
         code = grpc.StatusCode.OK
         try:
             await context.send_initial_metadata((("x-request-id", request_id),))
-            return await method(request, context, facts)
+            return await method(request, api_key, facts)
         except ServiceError as exc:
             code = status_of(exc)
             await context.abort(code, str(exc))
