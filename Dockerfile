@@ -5,7 +5,8 @@
 #
 # Base: CUDA 13 + cuDNN 9 runtime on Ubuntu 24.04, what onnxruntime-gpu 1.31 is built for, so
 # the CUDA provider works on a GPU host and ONNX Runtime falls back to the CPU elsewhere.
-# The tag is a published one; pin its digest (@sha256:...) when you build for production.
+# Pinned by tag here (no registry is reachable where this file is built and tested);
+# tools/pin_base_image.sh writes the tag's digest after it (tag@sha256:...) for production.
 ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 # Both images run as this user, so the training container can write versions into the model
 # volume that the service reads. 10001: the Ubuntu image already has uid 1000 (ubuntu).
@@ -28,33 +29,39 @@ RUN apt-get update \
     && mkdir -p /models \
     && chown "${HYDRA_UID}:${HYDRA_UID}" /models
 
-# Dependencies first, from pyproject.toml alone: source edits do not invalidate this layer.
+# uv, pinned by hash, installs exactly uv.lock: the service's dependencies (no extra: never torch).
+# Dependencies first, from pyproject.toml and uv.lock alone: source edits keep this layer.
 FROM python-base AS deps
 ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    UV_NO_CACHE=1 \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_LINK_MODE=copy \
+    UV_PROJECT_ENVIRONMENT=/opt/venv
 WORKDIR /build
-RUN python3 -m venv /opt/venv
-COPY docker/pyproject_requirements.py pyproject.toml ./
-RUN python pyproject_requirements.py pyproject.toml > requirements.txt \
-    && pip install -r requirements.txt
+COPY tools/uv-requirements.txt ./
+RUN python3 -m venv /opt/uv \
+    && /opt/uv/bin/pip install --require-hashes --no-deps -r uv-requirements.txt
+COPY pyproject.toml uv.lock ./
+RUN /opt/uv/bin/uv sync --locked --no-install-project --no-editable --python /usr/bin/python3
 
-# The service's package on top, without touching its dependencies (and never torch).
+# The service's package on top (its dependencies already match the lock), and never torch.
 FROM deps AS service-build
-COPY README.md ./
+COPY README.md LICENSE ./
 COPY app ./app
 COPY contract ./contract
-RUN pip install --no-deps . \
-    && python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
+RUN /opt/uv/bin/uv sync --locked --no-editable --python /usr/bin/python3 \
+    && /opt/venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
 
-# Training: the service's dependencies plus the `train` extra (torch, a CUDA build from PyPI).
+# Training: the lock's `train` extra with PyPI's CUDA build of torch (the `cuda` extra).
 FROM deps AS train-build
-RUN python pyproject_requirements.py pyproject.toml --extra train > requirements-train.txt \
-    && pip install -r requirements-train.txt
-COPY README.md ./
+RUN /opt/uv/bin/uv sync --locked --no-install-project --no-editable --python /usr/bin/python3 \
+        --extra train --extra cuda
+COPY README.md LICENSE ./
 COPY app ./app
 COPY contract ./contract
 COPY training ./training
-RUN pip install --no-deps .
+RUN /opt/uv/bin/uv sync --locked --no-editable --python /usr/bin/python3 --extra train --extra cuda
 
 FROM python-base AS train
 ARG HYDRA_UID

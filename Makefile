@@ -3,20 +3,35 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Every install reads uv.lock through uv, itself pinned by hash in tools/uv-requirements.txt.
+UV_DIR := .uv
+UV := $(UV_DIR)/bin/uv
+# Which torch build: `cpu` where its wheel lies in /opt/wheels (the build machines), else
+# `cuda`, PyPI's build (several GB). `make venv TORCH=cuda` chooses.
+TORCH ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl),cpu,cuda)
+EXTRAS := --extra train --extra $(TORCH) --extra dev
+export UV_PYTHON_DOWNLOADS := never
 CONFIG ?= configs/digits.toml
 MODEL ?= digits
 REPO ?= models
 
-.PHONY: venv train serve test test-fast bench lint clean
+.PHONY: venv lock train serve test test-fast bench lint clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	# One resolver run: tritonclient and onnx disagree on ml_dtypes unless solved together.
-	$(BIN)/pip install -q -e '.[train,dev]'
-	touch $(STAMP)
+$(UV): tools/uv-requirements.txt
+	$(PYTHON) -m venv $(UV_DIR)
+	$(UV_DIR)/bin/pip install -q --disable-pip-version-check --require-hashes --no-deps -r tools/uv-requirements.txt
+	touch $(UV)
+
+## Exactly the lock: --locked refuses a uv.lock that no longer matches pyproject.toml.
+$(STAMP): pyproject.toml uv.lock $(UV)
+	$(UV) sync --locked --python $(PYTHON) $(EXTRAS)
+	echo "$(EXTRAS)" > $(STAMP)
 
 venv: $(STAMP)
+
+## Re-solve uv.lock after a change to the dependencies in pyproject.toml.
+lock: $(UV)
+	$(UV) lock
 
 ## Train and publish a new version of the default model (progress on stderr).
 train: venv
@@ -41,7 +56,7 @@ bench: venv
 	$(BIN)/python benchmarks/bench_service.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(UV_DIR) build *.egg-info .pytest_cache
 
 ## Rewrite the generated sections of README.md, BENCHMARKS.md and docs/ from their sources
 ## (`make results CHECK=1` compares only, and fails naming each stale section).

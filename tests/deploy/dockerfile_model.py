@@ -128,7 +128,7 @@ def image_policy_problems(dockerfile: Path, context: Path) -> list[str]:
         problems.append(f"no 'train' target among stages {names}")
 
     base = args.get("CUDA_IMAGE", "")
-    if not re.fullmatch(r"nvidia/cuda:13\.\d+\.\d+-cudnn-runtime-ubuntu\d\d\.\d\d", base):
+    if not re.fullmatch(r"nvidia/cuda:13\.\d+\.\d+-cudnn-runtime-ubuntu\d\d\.\d\d(@sha256:[0-9a-f]{64})?", base):
         problems.append(f"base image must be a CUDA 13 cuDNN runtime tag, got {base!r}")
 
     service = stages[-1]
@@ -151,17 +151,33 @@ def image_policy_problems(dockerfile: Path, context: Path) -> list[str]:
     chain = lineage(stages, "service")
     for stage in chain:
         for run in stage.all("RUN"):
-            if "--extra train" in run.args or re.search(r"pip install[^&;|]*\btorch", run.args):
+            if re.search(r"--extra[ =](train|cuda|cpu)\b|--all-extras|\bpip install[^&;|]*\btorch", run.args):
                 problems.append(
                     f"stage {stage.name!r} of the service image installs torch: {run.args}"
                 )
+    # Every install reads uv.lock: uv itself pinned by hash, then `uv sync --locked`.
+    runs = [run.args for stage in stages for run in stage.all("RUN")]
+    if not any(
+        re.search(r"pip install[^&;|]*--require-hashes[^&;|]*-r\s+\S*uv-requirements\.txt", r)
+        for r in runs
+    ):
+        problems.append("uv is not installed by hash from tools/uv-requirements.txt")
+    for run in runs:
+        for pip in re.findall(r"pip install[^&;|]*", run):
+            if "--require-hashes" not in pip:
+                problems.append(f"a pip install outside the lock: {pip.strip()}")
+        for sync in re.findall(r"uv sync[^&;|]*", run):
+            if "--locked" not in sync.split():
+                problems.append(f"uv sync without --locked (it could rewrite the lock): {sync.strip()}")
+        if re.search(r"\buv (pip install|add|lock)\b", run):
+            problems.append(f"an install that bypasses uv.lock: {run}")
     # Dependencies are installed before the source is copied, so source edits keep that layer.
     sequence = [(s.name, i) for s in chain for i in s.instructions]
     first_deps = next(
         (
             n
             for n, (_, i) in enumerate(sequence)
-            if i.keyword == "RUN" and "pip install -r" in i.args
+            if i.keyword == "RUN" and re.search(r"uv sync[^&;|]*--no-install-project", i.args)
         ),
         None,
     )
@@ -174,7 +190,7 @@ def image_policy_problems(dockerfile: Path, context: Path) -> list[str]:
         None,
     )
     if first_deps is None:
-        problems.append("the service's dependencies are not installed from a requirements list")
+        problems.append("the service's dependencies are not installed from uv.lock on their own")
     elif first_source is not None and first_source < first_deps:
         problems.append("the source (app/) is copied before the dependency layer is installed")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -81,17 +80,21 @@ def test_dockerfile_meets_the_image_policy(repo: Path) -> None:
     assert image_policy_problems(repo / "Dockerfile", repo) == []
 
 
+def _context_files(repo: Path, context: Path) -> None:
+    """The files the Dockerfile copies, as empty stand-ins (the policy reads only their names)."""
+    context.mkdir(exist_ok=True)
+    for name in ("pyproject.toml", "uv.lock", ".dockerignore"):
+        shutil.copy(repo / name, context / name)
+    for name in ("README.md", "LICENSE"):
+        (context / name).touch()
+    for name in ("app", "contract", "training", "configs", "tools"):
+        (context / name).mkdir(exist_ok=True)
+    shutil.copy(repo / "tools" / "uv-requirements.txt", context / "tools")
+
+
 def _policy_with(repo: Path, tmp_path: Path, old: str, new: str) -> list[str]:
     context = tmp_path / "ctx"
-    context.mkdir()
-    for name in ("pyproject.toml", "README.md", ".dockerignore"):
-        if (repo / name).exists():
-            shutil.copy(repo / name, context / name)
-    for name in ("app", "contract", "training", "configs"):
-        (context / name).mkdir()
-    (context / "docker").mkdir()
-    shutil.copy(repo / "docker" / "pyproject_requirements.py", context / "docker")
-    (context / "README.md").touch()
+    _context_files(repo, context)
     text = (repo / "Dockerfile").read_text()
     assert old in text, f"plant anchor {old!r} not in the Dockerfile"
     (context / "Dockerfile").write_text(text.replace(old, new, 1))
@@ -104,14 +107,29 @@ def _policy_with(repo: Path, tmp_path: Path, old: str, new: str) -> list[str]:
         ("HEALTHCHECK", "# HEALTHCHECK", "HEALTHCHECK must probe /v2/health/ready"),
         ("/v2/health/ready", "/v2/health/live", "HEALTHCHECK must probe /v2/health/ready"),
         (
-            "python pyproject_requirements.py pyproject.toml > requirements.txt",
-            "python pyproject_requirements.py pyproject.toml --extra train > requirements.txt",
+            "--no-install-project --no-editable --python /usr/bin/python3\n",
+            "--no-install-project --no-editable --python /usr/bin/python3 --extra train --extra cpu\n",
             "installs torch",
         ),
         (
-            "COPY docker/pyproject_requirements.py pyproject.toml ./",
-            "COPY docker/pyproject_requirements.py pyproject.toml ./\nCOPY app ./app",
+            "COPY pyproject.toml uv.lock ./",
+            "COPY pyproject.toml uv.lock ./\nCOPY app ./app",
             "copied before the dependency layer",
+        ),
+        (
+            "--require-hashes --no-deps -r uv-requirements.txt",
+            "--no-deps uv",
+            "uv is not installed by hash",
+        ),
+        (
+            "uv sync --locked --no-editable --python /usr/bin/python3 \\\n    &&",
+            "uv sync --no-editable --python /usr/bin/python3 \\\n    &&",
+            "uv sync without --locked",
+        ),
+        (
+            "COPY contract ./contract\nRUN /opt/uv/bin/uv sync",
+            "COPY contract ./contract\nRUN /opt/venv/bin/pip install httpx\nRUN /opt/uv/bin/uv sync",
+            "a pip install outside the lock",
         ),
         ("USER ${HYDRA_UID}:${HYDRA_UID}\n# The model", "USER root\n# The model", "runs as root"),
         ("cudnn-runtime-ubuntu24.04", "runtime-ubuntu24.04", "CUDA 13 cuDNN runtime"),
@@ -127,6 +145,9 @@ def _policy_with(repo: Path, tmp_path: Path, old: str, new: str) -> list[str]:
         "liveness-healthcheck",
         "torch-in-service",
         "source-before-deps",
+        "uv-not-by-hash",
+        "sync-not-locked",
+        "pip-beside-the-lock",
         "root-user",
         "no-cudnn",
         "no-model-volume",
@@ -143,61 +164,9 @@ def test_image_policy_catches_a_planted_mistake(
 def test_dockerignore_keeping_out_a_copied_path_is_caught(repo: Path, tmp_path: Path) -> None:
     context = tmp_path / "ctx"
     shutil.copytree(repo / "app", context / "app")
-    for name in ("contract", "training", "configs"):
-        (context / name).mkdir()
-    (context / "docker").mkdir()
-    shutil.copy(repo / "docker" / "pyproject_requirements.py", context / "docker")
-    for name in ("pyproject.toml", "Dockerfile"):
-        shutil.copy(repo / name, context / name)
-    (context / "README.md").touch()
+    _context_files(repo, context)
+    shutil.copy(repo / "Dockerfile", context / "Dockerfile")
     ignore = (repo / ".dockerignore").read_text()
     (context / ".dockerignore").write_text(ignore.replace("!configs/\n", ""))
     problems = image_policy_problems(context / "Dockerfile", context)
     assert problems == ["COPY source 'configs' is excluded by .dockerignore"]
-
-
-def _requirements(repo: Path, *extra: str) -> list[str]:
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(repo / "docker" / "pyproject_requirements.py"),
-            str(repo / "pyproject.toml"),
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    return result.stdout.splitlines()
-
-
-def test_service_image_dependencies_have_onnxruntime_gpu_and_no_torch(repo: Path) -> None:
-    service = _requirements(repo)
-    names = {
-        r.split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip().lower() for r in service
-    }
-    assert "onnxruntime-gpu" in names
-    assert "onnxruntime" not in names  # the CPU package would overwrite the GPU one
-    assert not any(n.startswith("torch") for n in names), service
-    train = _requirements(repo, "--extra", "train")
-    assert any(r.startswith("torch") for r in train)
-    assert set(service) <= set(train)
-
-
-def test_requirements_script_refuses_an_unknown_extra(repo: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(repo / "docker" / "pyproject_requirements.py"),
-            str(repo / "pyproject.toml"),
-            "--extra",
-            "gpu",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert result.returncode != 0
-    assert "extra 'gpu' not in" in result.stderr
