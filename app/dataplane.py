@@ -117,8 +117,9 @@ class DataPlane:
 
     @property
     def ready(self) -> bool:
-        """Every model the first scan found has a version serving (or nothing left to load)."""
-        return self.repository.ready
+        """Every model the first scan found has a version serving (or nothing left to load),
+        in every worker of this replica."""
+        return self.repository.replica_ready
 
     def model_names(self) -> list[str]:
         return self.repository.names()

@@ -46,7 +46,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -259,6 +259,12 @@ def check_complete(model: LoadedModel) -> None:
         )
 
 
+def workers_ready(states: Iterable[WorkerState], me: int, workers: int) -> bool:
+    """This worker (ready) and the others that published readiness are all the workers."""
+    others = {state.pid for state in states if state.ready and state.pid != me}
+    return 1 + len(others) >= workers
+
+
 class ModelRepository:
     def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
         self.settings = settings
@@ -302,6 +308,17 @@ class ModelRepository:
             return False
         self._awaited = {name for name in self._awaited if self._first_loading(name)}
         return not self._awaited
+
+    @property
+    def replica_ready(self) -> bool:
+        """Ready for traffic as a replica: this process is ready and, with several workers,
+        every other one has published that it is too (they share one listening socket, so a
+        connection may go to any of them; a worker still loading would answer 503)."""
+        if not self.ready:
+            return False
+        if self._exchange is None or self.settings.workers == 1:
+            return True
+        return workers_ready(self._exchange.live_states(), self._exchange.pid, self.settings.workers)
 
     def _first_loading(self, name: str) -> bool:
         if name in self._table:
