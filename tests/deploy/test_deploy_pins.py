@@ -70,3 +70,19 @@ def test_the_grpc_runtime_admits_the_generated_code(name: str) -> None:
     req = requirement(name)
     assert Version(version(name)) in req.specifier
     import app.grpc_api.inference_pb2  # noqa: F401  (its runtime version check passes)
+
+
+def test_uvicorn_is_bounded_and_the_internals_the_server_extends_hold() -> None:
+    req = requirement("uvicorn")
+    assert Version(version("uvicorn")) in req.specifier
+    assert any(s.operator in ("<", "<=", "==", "~=") for s in req.specifier), "no upper bound"
+    # What app/http_server.py builds on: the httptools protocol it subclasses, the status
+    # lines it writes refusals with, and the server state it counts connections by.
+    from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+    from uvicorn.server import ServerState
+
+    assert STATUS_LINE[404].startswith(b"HTTP/1.1 404")
+    for name in ("data_received", "on_message_begin", "on_url", "on_header", "on_headers_complete",
+                 "on_message_complete", "send_400_response", "connection_lost"):
+        assert callable(getattr(HttpToolsProtocol, name)), name
+    assert {"connections", "tasks", "total_requests"} <= set(vars(ServerState()))
