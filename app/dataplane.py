@@ -78,6 +78,11 @@ class Answer(Generic[DecodedT]):
 class Codec(Protocol[DecodedT]):
     """One protocol's wire format: its requests in, its answers out."""
 
+    # True where the transport hands over one new call per event-loop turn (grpc.aio): the
+    # batcher then runs a lone call on the loop only while no concurrency has been seen, since
+    # calls waiting behind it cannot arrive in the meantime (app/serving/batching.py).
+    serial_arrivals: bool
+
     def decode(self, body: Any, meta: Any, model: LoadedModel, settings: Settings) -> DecodedT: ...
 
     def encode(self, answer: Answer[DecodedT]) -> Any: ...
@@ -175,7 +180,9 @@ class DataPlane:
         facts["model"] = call.model
         facts["version"] = model.version
         facts["instances"] = len(decoded.batch)
-        result = await served.batcher.submit(decoded.batch, self.settings.request_timeout_s, decoded.heads)
+        result = await served.batcher.submit(decoded.batch, self.settings.request_timeout_s,
+                                             decoded.heads,
+                                             serial_arrivals=codec.serial_arrivals)
         facts["batch_size"] = result.batch_size
         return codec.encode(Answer(model, decoded, result.outputs, result.batch_size, result.queue_wait_s))
 

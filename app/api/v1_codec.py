@@ -42,6 +42,8 @@ class PredictRequest:
 class V1Codec:
     """Decodes V1 predict requests against a model and encodes their answers (no state)."""
 
+    serial_arrivals = False  # see Codec.serial_arrivals
+
     @staticmethod
     def decode(raw: bytes, headers: list[tuple[bytes, bytes]], model: LoadedModel,
                settings: Settings) -> PredictRequest:

@@ -77,6 +77,8 @@ class V2Codec:
     """Decodes V2 infer requests against a model and encodes their answers. Its only state:
     the output plans it remembers per loaded model (forgotten with the model)."""
 
+    serial_arrivals = False  # see Codec.serial_arrivals
+
     def __init__(self) -> None:
         self._plans: weakref.WeakKeyDictionary[LoadedModel, dict[Any, OutputPlan]] = (
             weakref.WeakKeyDictionary()

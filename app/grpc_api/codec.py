@@ -30,6 +30,9 @@ _OTHER_CONTENTS = ("bool_contents", "int_contents", "int64_contents", "uint_cont
 class GrpcCodec:
     """Decodes ``ModelInferRequest`` messages against a model and encodes their answers."""
 
+    # grpc.aio hands the application one new call per event-loop turn (see Codec).
+    serial_arrivals = True
+
     @staticmethod
     def decode(msg: pb.ModelInferRequest, meta: Any, model: LoadedModel,
                settings: Settings) -> InferRequest:

@@ -30,6 +30,9 @@ before ``LEARN_CALLS`` calls in the thread have measured it, nor when its estima
 the bound, so a slow model (milliseconds per call) always runs in the thread and never
 blocks the event loop; a model that becomes slow moves back to the thread after one call.
 
+A caller whose requests reach the event loop one per turn (gRPC) says so
+(``serial_arrivals``): see ``OVERLAP_WINDOW_S``.
+
 Requests say whether they need the per-head outputs (``heads``); a call fetches them only
 when one of its requests does.
 """
@@ -63,6 +66,14 @@ InferFn = Callable[[npt.NDArray[np.float32], bool], OutputArrays]
 # 60-100 µs on an idle core and 2-4 times that on a busy shared one; a model of milliseconds
 # always runs in the thread.
 INLINE_MAX_S = 500e-6
+# A transport that hands over one new call per event-loop turn (grpc.aio) cannot show
+# concurrency while its lone calls run inline: each later call waits for the loop, finds the
+# batcher idle and runs inline alone too, so batches never grow. For such callers a lone call
+# runs inline only when no request found the batcher occupied in the last OVERLAP_WINDOW_S,
+# and every PROBE_EVERY-th one runs in the thread anyway: calls waiting behind it then get in,
+# find it occupied, and the batcher gathers in the thread from then on.
+OVERLAP_WINDOW_S = 1.0
+PROBE_EVERY = 16
 LEARN_CALLS = 3  # calls measured (in the thread) before any runs inline
 _EWMA = 0.2  # weight of the newest call in the running estimates
 
@@ -166,6 +177,8 @@ class Batcher:
         self._calls = 0
         self._call_s = 0.0
         self._call_rows = 0.0
+        self._overlap_at = -math.inf  # when a request last found the batcher occupied
+        self._serial_lone = 0  # lone requests of serial-arrivals callers, for the probes
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self._label}")
@@ -181,6 +194,13 @@ class Batcher:
         if self._calls < LEARN_CALLS:
             return None
         return self._call_s * max(1.0, rows / self._call_rows)
+
+    def _serial_inline(self, now: float) -> bool:
+        """Whether a lone request of a serial-arrivals caller may run inline now."""
+        if now - self._overlap_at < OVERLAP_WINDOW_S:
+            return False
+        self._serial_lone += 1
+        return self._serial_lone % PROBE_EVERY != 0
 
     def _may_inline(self, rows: int) -> bool:
         estimate = self.inline_estimate(rows)
@@ -201,11 +221,13 @@ class Batcher:
         return outputs
 
     async def submit(
-        self, batch: npt.NDArray[np.float32], timeout_s: float, heads: bool = False
+        self, batch: npt.NDArray[np.float32], timeout_s: float, heads: bool = False,
+        serial_arrivals: bool = False,
     ) -> BatchAnswer:
         """This request's rows [n, ...] of the outputs, with the facts of the call that served
         it; raises Overloaded / InferenceTimeout / NonFiniteOutput / InferenceFailed.
-        ``heads``: the per-head outputs are needed too."""
+        ``heads``: the per-head outputs are needed too. ``serial_arrivals``: the caller's
+        requests reach the event loop one per turn (see ``OVERLAP_WINDOW_S``)."""
         if self._closing:
             raise ModelNotReady(f"model {self._label} is shutting down; retry on another replica")
         if len(self._pending) >= self._queue_size:
@@ -216,7 +238,11 @@ class Batcher:
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
         item = _Pending(batch, loop.create_future(), now + timeout_s, timeout_s, now, heads)
-        lone = not self._busy and not self._pending and self._may_inline(item.size)
+        occupied = self._busy or bool(self._pending)
+        if occupied:
+            self._overlap_at = now
+        lone = (not occupied and self._may_inline(item.size)
+                and (not serial_arrivals or self._serial_inline(now)))
         self._pending.append(item)
         self._pending_rows += item.size
         self._arrivals += 1

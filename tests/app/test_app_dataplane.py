@@ -60,6 +60,8 @@ class RowsCodec:
     """A codec whose body is the rows as float32 bytes (4 columns) and whose ``meta`` is a log
     it writes to; it records the thread that decoded."""
 
+    serial_arrivals = False
+
     def __init__(self) -> None:
         self.threads: list[str] = []
 
@@ -122,6 +124,40 @@ def test_infer_batches_calls_and_writes_the_access_log_facts(tmp_path: Path) -> 
     assert 0.0 <= first.queue_wait_s < 5.0
     assert a.facts == {"model": "m", "version": 3, "instances": 2, "batch_size": 5}
     assert b.facts == {"model": "m", "version": 3, "instances": 3, "batch_size": 5}
+
+
+@pytest.mark.parametrize("serial", [False, True])
+def test_the_codecs_arrival_kind_reaches_the_batcher(
+    tmp_path: Path, serial: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.api.v1_codec import V1Codec
+    from app.api.v2_codec import V2Codec
+    from app.grpc_api.codec import GrpcCodec
+
+    # gRPC (grpc.aio) hands over one new call per loop turn; HTTP does not.
+    assert (V1Codec.serial_arrivals, V2Codec.serial_arrivals, GrpcCodec.serial_arrivals) == (
+        False, False, True)
+    p, batcher = with_batcher(tmp_path)
+    codec = RowsCodec()
+    codec.serial_arrivals = serial
+    seen: list[bool] = []
+    submit = batcher.submit
+
+    async def spy(*args: Any, serial_arrivals: bool = False, **kwargs: Any) -> Any:
+        seen.append(serial_arrivals)
+        return await submit(*args, serial_arrivals=serial_arrivals, **kwargs)
+
+    monkeypatch.setattr(batcher, "submit", spy)
+
+    async def main() -> None:
+        batcher.start()
+        try:
+            await p.infer(call(np.ones((1, 4))), codec)
+        finally:
+            await batcher.close()
+
+    asyncio.run(main())
+    assert seen == [serial]
 
 
 def test_nothing_is_read_or_decoded_before_the_key_and_the_lookup_pass(tmp_path: Path) -> None:

@@ -210,3 +210,64 @@ def test_heads_are_fetched_only_for_a_call_whose_requests_need_them() -> None:
     assert [h for _, _, h in model.calls] == [False, True]
     assert "head_0" not in alone.outputs
     np.testing.assert_array_equal(with_heads.outputs["head_0"], [[3.0, 3.0]])
+
+
+def test_serial_arrivals_run_inline_until_concurrency_shows_then_in_the_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A caller whose calls reach the loop one per turn (gRPC): lone calls run inline except
+    every PROBE_EVERY-th, which runs in the thread; once a call finds the batcher occupied,
+    lone calls run in the thread for OVERLAP_WINDOW_S, then inline again."""
+    import app.serving.batching as batching
+
+    monkeypatch.setattr(batching, "PROBE_EVERY", 4)
+    monkeypatch.setattr(batching, "OVERLAP_WINDOW_S", 0.3)
+    model = Model()
+
+    async def main() -> tuple[list[str], list[str], list[str], list[str]]:
+        b = batcher(model)
+        b.start()
+        await learned(b)
+        start = len(model.calls)
+        for i in range(8):
+            await b.submit(rows(1, i), 5.0, serial_arrivals=True)
+        alone = model.threads()[start:]
+        # Two calls at once: the second finds the batcher occupied.
+        start = len(model.calls)
+        await asyncio.gather(*(b.submit(rows(1, i), 5.0, serial_arrivals=True) for i in range(2)))
+        together = [n for n, _, _ in model.calls[start:]]
+        start = len(model.calls)
+        for i in range(3):
+            await b.submit(rows(1, i), 5.0, serial_arrivals=True)
+        after = model.threads()[start:]
+        await asyncio.sleep(0.35)
+        start = len(model.calls)
+        for i in range(3):
+            await b.submit(rows(1, i), 5.0, serial_arrivals=True)
+        later = model.threads()[start:]
+        await b.close()
+        return alone, together, after, later
+
+    alone, together, after, later = asyncio.run(main())
+    ort = "ort-t_0"
+    assert alone == [MAIN, MAIN, MAIN, ort, MAIN, MAIN, MAIN, ort]  # every 4th probes
+    assert together == [2]  # the second joined the first's batch: it found the batcher occupied
+    assert after == [ort, ort, ort]  # concurrency seen: the thread for the window
+    assert MAIN in later  # the window over: inline again
+
+
+def test_other_callers_keep_the_inline_path_after_concurrency() -> None:
+    model = Model()
+
+    async def main() -> list[str]:
+        b = batcher(model)
+        b.start()
+        await learned(b)
+        await asyncio.gather(*(b.submit(rows(1, i), 5.0) for i in range(2)))
+        start = len(model.calls)
+        for i in range(3):
+            await b.submit(rows(1, i), 5.0)
+        await b.close()
+        return model.threads()[start:]
+
+    assert asyncio.run(main()) == [MAIN, MAIN, MAIN]
