@@ -5,7 +5,7 @@ the same data plane as the HTTP routes: the same API key (``authorization: Beare
 
 Every refusal the HTTP routes answer with a status the gRPC calls answer with a status code
 and the same message (``STATUS_CODES``). Each call's ``x-request-id`` metadata (or a new id) is
-sent back as initial metadata and written on its access log line, as for HTTP."""
+sent back as trailing metadata and written on its access log line, as for HTTP."""
 
 from __future__ import annotations
 
@@ -123,7 +123,9 @@ def _handler(servicer: InferenceServicer, name: str, request_type: Any) -> grpc.
         facts: dict[str, Any] = {"request_id": request_id}
         code = grpc.StatusCode.OK
         try:
-            await context.send_initial_metadata((("x-request-id", request_id),))
+            # Trailing, not initial, metadata: set here, sent with the status (answer or
+            # refusal) at no extra cost; a separate initial-metadata send costs a round trip.
+            context.set_trailing_metadata((("x-request-id", request_id),))
             return await method(request, api_key, facts)
         except ServiceError as exc:
             code = status_of(exc)

@@ -203,10 +203,14 @@ def test_request_id_access_log_and_metrics(repo: Path, digits: dict[str, np.ndar
         caplog.set_level(logging.INFO, logger="app.access")
         _, info = raw_infer(address, typed_request(x), (("x-request-id", "grpc-trace-1"),))
         _, fresh = raw_infer(address, typed_request(x))
-        grpc_error(address, typed_request(x, model="nope"))
+        with pytest.raises(grpc.RpcError) as refused:
+            raw_infer(address, typed_request(x, model="nope"), (("x-request-id", "grpc-trace-2"),))
         metrics = client.get("/metrics").text
-    assert dict(info.initial_metadata())["x-request-id"] == "grpc-trace-1"
-    assert len(dict(fresh.initial_metadata())["x-request-id"]) == 32
+    # In the trailing metadata, which every call has (a refused one has no initial metadata).
+    assert dict(info.trailing_metadata())["x-request-id"] == "grpc-trace-1"
+    assert len(dict(fresh.trailing_metadata())["x-request-id"]) == 32
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+    assert dict(refused.value.trailing_metadata())["x-request-id"] == "grpc-trace-2"  # type: ignore[attr-defined]
     lines = [r for r in caplog.records if r.name == "app.access" and r.route.startswith("/inference.")]  # type: ignore[attr-defined]
     first = lines[0]
     assert (first.request_id, first.status, first.model, first.instances) == (  # type: ignore[attr-defined]
