@@ -11,7 +11,8 @@ Scans README.md, BENCHMARKS.md and every docs/*.md for ``<!-- results:NAME -->``
 - ``serving``: the answer of the service itself (``python -m app``, started here on a free
   local port) for a checkerboard, from the newest digits version;
 - every other section: a JSON file in ``benchmarks/results/``, rendered by the ``render``
-  function of the benchmark script that writes it.
+  function of the benchmark script that writes it (``peers.bench_peers``: the script in
+  ``benchmarks/peers/``).
 
 ``--check`` rewrites nothing and exits 1 when a section differs from what its source gives,
 naming each. A section whose source is missing is skipped and named; a marker of an unknown
@@ -184,6 +185,11 @@ class Sources:
 
 
 
+def _script_path(script: str) -> str:
+    """The file of a benchmark module named from ``benchmarks/`` (``peers.bench_peers``)."""
+    return f"benchmarks/{script.replace('.', '/')}.py"
+
+
 def _benchmark(script: str, file: str) -> Callable[[Sources], list[str]]:
     """A section rendered by ``render`` of ``benchmarks/<script>.py`` from ``benchmarks/results/<file>``."""
     def render(sources: Sources) -> list[str]:
@@ -192,7 +198,7 @@ def _benchmark(script: str, file: str) -> Callable[[Sources], list[str]]:
         try:
             return module.render(data)
         except (KeyError, ValueError, TypeError) as exc:
-            raise ResultsError(f"benchmarks/{script}.py cannot render {RESULTS / file}: {exc!r}") from exc
+            raise ResultsError(f"{_script_path(script)} cannot render {RESULTS / file}: {exc!r}") from exc
 
     return render
 
@@ -210,7 +216,7 @@ class Section:
 
 
 def _bench_label(script: str, file: str) -> str:
-    return f"{RESULTS / file}, written by benchmarks/{script}.py"
+    return f"{RESULTS / file}, written by {_script_path(script)}"
 
 
 SECTIONS = (
@@ -227,6 +233,7 @@ SECTIONS = (
         ("resnet", "resnet_heads", "resnet_heads.json"),
         ("tabular", "tabular_check", "tabular.json"),
         ("members", "external_members", "external_members.json"),
+        ("peers-grpc", "peers.bench_peers", "peers_grpc.json"),
         ("memory", "bench_transfer_memory", "transfer_memory.json"),
     )),
 )

@@ -2,8 +2,9 @@
 
 Every server serves the same ONNX model with ONNX Runtime on the CPU provider and the same
 number of intra-op threads (1 by default): hydra-serve (the project, V1 and V2, batching on
-and off), a bare Starlette route (the floor), KServe, MLServer, LitServe and BentoML, each
-peer from its own virtual environment (setup_venvs.sh) and its own small server in servers/.
+and off, and its gRPC server), a bare Starlette route (the floor), KServe, MLServer (also
+their gRPC servers), LitServe and BentoML, each peer from its own virtual environment
+(setup_venvs.sh) and its own small server in servers/.
 
 What one run does:
 
@@ -13,22 +14,27 @@ What one run does:
    request of 1 instance and one of 4: the six outputs must be equal as float32 values (on
    the CPU provider they are bit for bit the same; --no-exact only reports differences);
    also that each server answers with Content-Length on a kept-alive connection, which the
-   load generator needs;
+   load generator needs. gRPC servers (protocol "grpc": the Open Inference Protocol's
+   ModelInfer) get the same check over gRPC, raw FP32 bytes in and out;
 3. measures each server at each concurrency (one instance per request), in interleaved
    rounds: within a round every server is measured in turn (the order rotated from round to
    round), so a change in the machine's background load hits all of them alike. The load
    comes from the keep-alive HTTP/1.1 client of benchmarks/bench_service.py, in its own
-   process. Per cell: requests/s, p50/p99 latency, errors, server CPU per request (user +
+   process; for gRPC servers from a grpc.aio client in another process of its own (N
+   unary ModelInfer calls in flight on one channel, one prebuilt serialized request). Per cell: requests/s, p50/p99 latency, errors, server CPU per request (user +
    system time of the server's whole process tree, warm-up included, over every answer),
    the client's CPU per request and the tree's peak RSS. The round with the median
    requests/s is reported, with the median CPU per request of the rounds;
 4. stops every server process tree (also on Ctrl-C, SIGTERM or an error), times ONNX Runtime
    called directly, prints a Markdown table of every cell and one of ratios (the project on
-   the same protocol ÷ each peer, measured in this run), and writes --json.
+   the same protocol ÷ each peer, measured in this run), judges the gRPC goals (GRPC_GOALS)
+   when their servers ran, and writes --json (render() draws its section of BENCHMARKS.md).
 
     .venv/bin/python benchmarks/peers/bench_peers.py --venvs /tmp/peer-venvs
     .venv/bin/python benchmarks/peers/bench_peers.py --venvs /tmp/peer-venvs \\
         --only 'hydra-*,floor,kserve' --duration 0.5 --rounds 1 --concurrency 1,8
+    .venv/bin/python benchmarks/peers/bench_peers.py --venvs /tmp/peer-venvs \\
+        --only hydra-grpc,kserve-grpc,mlserver-grpc,hydra-v2 --json benchmarks/results/peers_grpc.json
     .venv/bin/python benchmarks/peers/bench_peers.py --list
 
 Server ids for --only (comma-separated, shell-style patterns such as 'hydra-*' allowed):
@@ -39,12 +45,14 @@ for it by name.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import fnmatch
 import http.client
 import json
 import multiprocessing as mp
 import os
 import platform
+import shlex
 import shutil
 import signal
 import socket
@@ -66,17 +74,22 @@ for _p in (ROOT, ROOT / "benchmarks"):
         sys.path.insert(0, str(_p))
 
 import bench_service  # noqa: E402  (the project's service benchmark: its load generator)
+from app.grpc_api import inference_pb2 as pb  # noqa: E402  (the project's OIP messages: hydra.oip)
 
 MODEL_NAME = "digits"
 OUTPUTS = ("mean_probs", "total_uncertainty", "data_uncertainty", "model_uncertainty",
            "head_disagreement", "disagreement_rate")
 V1_PATH = f"/v1/models/{MODEL_NAME}:predict"
 V2_PATH = f"/v2/models/{MODEL_NAME}/infer"
+# The Open Inference Protocol over gRPC: the service and its calls by their wire names.
+GRPC_SERVICE = "inference.GRPCInferenceService"
+GRPC_INFER = f"/{GRPC_SERVICE}/ModelInfer"
+GRPC_MODEL_READY = f"/{GRPC_SERVICE}/ModelReady"
 DEFAULT_VENVS = os.environ.get("PEER_VENVS", "/tmp/peer-venvs")
 # Packages whose versions are recorded for each server's environment.
 VERSIONED = ("hydra-serving", "kserve", "mlserver", "litserve", "bentoml", "onnxruntime",
              "onnxruntime-gpu", "numpy", "fastapi", "starlette", "uvicorn", "uvloop",
-             "httptools", "orjson")
+             "httptools", "orjson", "grpcio", "protobuf")
 
 
 # -- the servers ------------------------------------------------------------------------------
@@ -91,9 +104,9 @@ class Spec:
     id: str
     label: str
     env: str | None
-    protocol: str  # "v1": {"instances": ...}; "v2": Open Inference Protocol
-    path: str
-    ready: str
+    protocol: str  # "v1": {"instances": ...}; "v2": Open Inference Protocol; "grpc": its gRPC form
+    path: str  # the inference route; for "grpc" the call's wire name
+    ready: str  # an HTTP readiness route (gRPC servers also answer ModelReady before the check)
     script: str = ""
     args: tuple[str, ...] = ()
     port_options: tuple[str, ...] = ()  # options that get one more free port each
@@ -108,11 +121,15 @@ CATALOGUE: tuple[Spec, ...] = (
          hydra_env=(("HYDRA_BATCHING", "true"),)),
     Spec("hydra-v1-nobatch", "hydra V1 (batching off)", None, "v1", V1_PATH, "/v2/health/ready",
          hydra_env=(("HYDRA_BATCHING", "false"),)),
+    Spec("hydra-grpc", "hydra gRPC (batching on)", None, "grpc", GRPC_INFER, "/v2/health/ready",
+         hydra_env=(("HYDRA_BATCHING", "true"),)),
     Spec("floor", "floor: Starlette+uvicorn", "floor", "v1", V1_PATH, "/health", "peer_floor.py"),
     Spec("kserve", "KServe V1", "kserve", "v1", V1_PATH, "/v2/health/ready", "peer_kserve.py",
          port_options=("--grpc-port",)),
     Spec("kserve-nolog", "KServe V1, latency log off", "kserve", "v1", V1_PATH, "/v2/health/ready",
          "peer_kserve.py", ("--no-latency-log",), ("--grpc-port",)),
+    Spec("kserve-grpc", "KServe gRPC", "kserve", "grpc", GRPC_INFER, "/v2/health/ready",
+         "peer_kserve.py", port_options=("--grpc-port",)),
     Spec("mlserver", "MLServer V2", "mlserver", "v2", V2_PATH, f"/v2/models/{MODEL_NAME}/ready",
          "peer_mlserver.py", (), ("--grpc-port", "--metrics-port"), workdir=True),
     Spec("mlserver-inproc", "MLServer V2, parallel_workers=0", "mlserver", "v2", V2_PATH,
@@ -122,6 +139,9 @@ CATALOGUE: tuple[Spec, ...] = (
          f"/v2/models/{MODEL_NAME}/ready", "peer_mlserver.py",
          ("--max-batch-size", "64", "--max-batch-time", "0.002"),
          ("--grpc-port", "--metrics-port"), workdir=True),
+    Spec("mlserver-grpc", "MLServer gRPC", "mlserver", "grpc", GRPC_INFER,
+         f"/v2/models/{MODEL_NAME}/ready", "peer_mlserver.py", (), ("--grpc-port", "--metrics-port"),
+         workdir=True),
     Spec("litserve", "LitServe", "litserve", "v1", "/predict", "/health", "peer_litserve.py"),
     Spec("litserve-batch", "LitServe + batching (64, 2 ms)", "litserve", "v1", "/predict", "/health",
          "peer_litserve.py", ("--max-batch-size", "64", "--batch-timeout", "0.002")),
@@ -130,7 +150,9 @@ CATALOGUE: tuple[Spec, ...] = (
          "peer_bentoml.py", ("--batch", "--max-batch-size", "64")),
 )
 # The project's server each peer is compared with: the same protocol, batching on.
-REFERENCE = {"v1": "hydra-v1", "v2": "hydra-v2"}
+REFERENCE = {"v1": "hydra-v1", "v2": "hydra-v2", "grpc": "hydra-grpc"}
+# The option of a peer's script that sets its gRPC port: where a "grpc" server is measured.
+GRPC_PORT_OPTION = "--grpc-port"
 
 
 @dataclass
@@ -140,12 +162,18 @@ class Server:
     env: dict[str, str]
     port: int
     log: Path
+    grpc_port: int = 0  # the gRPC port of a "grpc" server (its HTTP port answers readiness)
     proc: subprocess.Popen | None = None
     failed: str = ""  # why it left the run early
 
     @property
     def label(self) -> str:
         return self.spec.label
+
+    @property
+    def load_port(self) -> int:
+        """The port the outputs check and the load go to."""
+        return self.grpc_port if self.spec.protocol == "grpc" else self.port
 
 
 class Ports:
@@ -181,25 +209,36 @@ def prepare(specs: list[Spec], args: argparse.Namespace, model: Path, repo: Path
     servers: list[Server] = []
     for spec in specs:
         port = ports()
+        grpc_port = 0
         # Nothing from the caller's HYDRA_* settings (an API key, other providers...).
         env = {k: v for k, v in os.environ.items() if not k.startswith("HYDRA_")}
         if spec.env is None:
             argv = [str(args.hydra_serve)]
+            # A gRPC server only where one is measured, on a port of its own (hydra-serve's
+            # default, 8081, would be shared by every hydra server of the run).
+            if spec.protocol == "grpc":
+                grpc_port = ports()
             env.update({"HYDRA_REPOSITORY": str(repo), "HYDRA_HOST": "127.0.0.1",
-                        "HYDRA_PORT": str(port), "HYDRA_PROVIDERS": "CPUExecutionProvider",
+                        "HYDRA_PORT": str(port), "HYDRA_GRPC_PORT": str(grpc_port),
+                        "HYDRA_PROVIDERS": "CPUExecutionProvider",
                         "HYDRA_INTRA_OP_THREADS": str(args.threads), **dict(spec.hydra_env)})
         else:
             python = Path(args.venvs) / spec.env / "bin" / "python"
             argv = [str(python), str(SERVERS / spec.script), "--model", str(model),
                     "--port", str(port), "--threads", str(args.threads), *spec.args]
             for option in spec.port_options:
-                argv += [option, str(ports())]
+                extra = ports()
+                argv += [option, str(extra)]
+                if option == GRPC_PORT_OPTION and spec.protocol == "grpc":
+                    grpc_port = extra
             if spec.workdir:
                 argv += ["--workdir", str(work / spec.id)]
             # The peer's own environment only: nothing of this interpreter's leaks in.
             for name in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):
                 env.pop(name, None)
-        servers.append(Server(spec, argv, env, port, work / f"{spec.id}.log"))
+        if spec.protocol == "grpc" and not grpc_port:
+            raise SystemExit(f"{spec.id}: a gRPC server needs a gRPC port ({GRPC_PORT_OPTION})")
+        servers.append(Server(spec, argv, env, port, work / f"{spec.id}.log", grpc_port))
     return servers
 
 
@@ -212,19 +251,24 @@ def start(server: Server, cwd: Path) -> None:
 
 
 def wait_ready(server: Server, deadline: float) -> None:
+    """Until the HTTP readiness route answers 200 and, for a gRPC server, its ModelReady
+    call answers ready (KServe starts its gRPC server beside uvicorn, not before it)."""
+    http_ready = False
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
             raise RuntimeError(f"{server.label} exited with status {server.proc.returncode} before "
                                f"it was ready:\n{tail(server.log)}")
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=2)
-        try:
-            conn.request("GET", server.spec.ready)
-            if conn.getresponse().status == 200:
-                return
-        except (OSError, http.client.HTTPException):
-            pass
-        finally:
-            conn.close()
+        if not http_ready:
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=2)
+            try:
+                conn.request("GET", server.spec.ready)
+                http_ready = conn.getresponse().status == 200
+            except (OSError, http.client.HTTPException):
+                pass
+            finally:
+                conn.close()
+        if http_ready and (server.spec.protocol != "grpc" or grpc_model_ready(server.grpc_port)):
+            return
         time.sleep(0.25)
     raise RuntimeError(f"{server.label} not ready in time:\n{tail(server.log)}")
 
@@ -306,10 +350,73 @@ def post(port: int, path: str, body: bytes, repeat: int = 1) -> tuple[int, dict[
     return answer
 
 
+# -- gRPC (the Open Inference Protocol's calls, by their wire names) ---------------------------
+
+
+def grpc_unary(port: int, method: str, request: bytes, repeat: int = 1, timeout: float = 30) -> bytes:
+    """A serialized request sent ``repeat`` times on one channel; the last serialized answer.
+    Raises grpc.RpcError for a call that fails."""
+    import grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(method)  # no serializers: bytes in, bytes out
+        for _ in range(repeat):
+            answer = call(request, timeout=timeout)
+    return answer
+
+
+def grpc_model_ready(port: int) -> bool:
+    import grpc
+
+    try:
+        raw = grpc_unary(port, GRPC_MODEL_READY, pb.ModelReadyRequest(name=MODEL_NAME).SerializeToString(),
+                         timeout=2)
+    except grpc.RpcError:
+        return False
+    return pb.ModelReadyResponse.FromString(raw).ready
+
+
+def grpc_request(x: np.ndarray) -> bytes:
+    """A serialized ModelInferRequest: the batch as one FP32 input in ``raw_input_contents``
+    (what tritonclient.grpc sends), asking for the six outputs."""
+    msg = pb.ModelInferRequest(model_name=MODEL_NAME)
+    msg.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
+    for name in OUTPUTS:
+        msg.outputs.add(name=name)
+    msg.raw_input_contents.append(np.ascontiguousarray(x, dtype="<f4").tobytes())
+    return msg.SerializeToString()
+
+
+def grpc_outputs(raw: bytes, n: int) -> dict[str, np.ndarray]:
+    """A serialized ModelInferResponse -> {output: float32 array [n, -1]}. Outputs come as
+    ``raw_output_contents`` (little-endian FP32 bytes, one entry per output, in order) or as
+    typed ``fp32_contents``."""
+    reply = pb.ModelInferResponse.FromString(raw)
+    raws = list(reply.raw_output_contents)
+    if raws and len(raws) != len(reply.outputs):
+        raise ValueError(f"{len(raws)} raw_output_contents for {len(reply.outputs)} outputs")
+    tensors = {}
+    for i, t in enumerate(reply.outputs):
+        if t.datatype != "FP32":
+            raise ValueError(f"output {t.name!r}: datatype {t.datatype!r}, FP32 expected")
+        data = (np.frombuffer(raws[i], dtype="<f4") if raws
+                else np.asarray(t.contents.fp32_contents, dtype=np.float32))
+        shape = [int(d) for d in t.shape]
+        if not shape or shape[0] != n or int(np.prod(shape)) != data.size:
+            raise ValueError(f"output {t.name!r}: shape {shape} with {data.size} values for {n} instances")
+        tensors[t.name] = data.reshape(shape)
+    missing = [k for k in OUTPUTS if k not in tensors]
+    if missing:
+        raise ValueError(f"outputs missing: {missing}")
+    return {k: tensors[k].astype(np.float32, copy=False).reshape(n, -1) for k in OUTPUTS}
+
+
 # -- bodies, answers, outputs check -----------------------------------------------------------
 
 
 def body_for(protocol: str, x: np.ndarray) -> bytes:
+    if protocol == "grpc":
+        return grpc_request(x)
     if protocol == "v1":
         return json.dumps({"instances": x.tolist()}).encode()
     return json.dumps({
@@ -335,16 +442,31 @@ def outputs_of(protocol: str, answer: object, n: int) -> dict[str, np.ndarray]:
     return out
 
 
+def answer_of(server: Server, batch: np.ndarray) -> dict[str, np.ndarray]:
+    """The server's six outputs for ``batch``, in one request (HTTP or gRPC)."""
+    body = body_for(server.spec.protocol, batch)
+    if server.spec.protocol == "grpc":
+        import grpc
+
+        try:
+            raw = grpc_unary(server.load_port, server.spec.path, body)
+        except grpc.RpcError as exc:
+            raise RuntimeError(f"{server.label}: gRPC {exc.code().name}: {exc.details()}") from exc
+        return grpc_outputs(raw, len(batch))
+    status, _, raw = post(server.port, server.spec.path, body)
+    if status != 200:
+        raise RuntimeError(f"{server.label}: HTTP {status}: {raw[:300]!r}")
+    return outputs_of(server.spec.protocol, json.loads(raw), len(batch))
+
+
 def check_outputs(server: Server, sess, x: np.ndarray) -> dict:
     """Differences from ONNX Runtime run directly, for 1 instance and for 4 in one request.
     JSON numbers are compared after conversion to float32: servers that write a float32 as
-    its shortest float32 repr and servers that write it as a float64 both round-trip."""
+    its shortest float32 repr and servers that write it as a float64 both round-trip. gRPC
+    answers carry the float32 bytes themselves."""
     worst, equal = 0.0, True
     for batch in (x[:1], x[1:5]):
-        status, _, raw = post(server.port, server.spec.path, body_for(server.spec.protocol, batch))
-        if status != 200:
-            raise RuntimeError(f"{server.label}: HTTP {status}: {raw[:300]!r}")
-        got = outputs_of(server.spec.protocol, json.loads(raw), len(batch))
+        got = answer_of(server, batch)
         ref = dict(zip(OUTPUTS, sess.run(list(OUTPUTS), {"input": batch})))
         for k in OUTPUTS:
             want = ref[k].astype(np.float32).reshape(len(batch), -1)
@@ -368,6 +490,64 @@ def _load_worker(jobs, results) -> None:
     bench_service._load_worker(jobs, results)
 
 
+def _grpc_load_worker(jobs, results) -> None:
+    """The gRPC counterpart of bench_service._load_worker, deaf to Ctrl-C: one long-lived
+    process running (port, request, concurrency, warmup, duration) jobs on one event loop
+    (grpc.aio keeps to the loop it started on), answering (latencies, statuses) as the HTTP
+    worker does: statuses counts 200 for each call answered OK, the code's name for each
+    refused, and under -1 every answer, warm-up included. A call answered UNAVAILABLE (nothing
+    listens, or the connection dropped) ends the process, as a refused connection ends the
+    HTTP worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    while True:
+        job = jobs.get()
+        if job is None:
+            loop.close()
+            return
+        results.put(loop.run_until_complete(_grpc_load(*job)))
+
+
+async def _grpc_load(port: int, request: bytes, concurrency: int, warmup: float,
+                     duration: float) -> tuple[list[float], dict]:
+    """``concurrency`` unary ModelInfer calls in flight on ONE channel (one HTTP/2
+    connection, as tritonclient.grpc and KServe's client use), each sending the same
+    serialized request as is and leaving the answer's bytes unparsed, so that the client's
+    own cost is small and the same for every server."""
+    import grpc
+    from grpc import aio
+
+    latencies: list[float] = []
+    statuses: dict = {}
+    if not concurrency:  # the start-up job: the imports above are done
+        return latencies, statuses
+    async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        # No serializers: bytes in, bytes out. The connection is made by the first call, in
+        # the warm-up, as the HTTP worker's are.
+        call = channel.unary_unary(GRPC_INFER)
+        now = time.perf_counter()
+        start, stop = now + warmup, now + warmup + duration
+
+        async def caller() -> None:
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                try:
+                    await call(request, timeout=60)
+                    status: int | str = 200
+                except aio.AioRpcError as exc:
+                    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                        raise
+                    status = exc.code().name
+                statuses[-1] = statuses.get(-1, 0) + 1  # every answer, warm-up included
+                if t0 >= start:  # the first part of each run is warm-up
+                    latencies.append(time.perf_counter() - t0)
+                    statuses[status] = statuses.get(status, 0) + 1
+
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return latencies, statuses
+
+
 class TreeLoad(bench_service.LoadGenerator):
     """The project's load generator (bench_service.LoadGenerator: one spawned process running
     the keep-alive asyncio HTTP/1.1 client), measured here over the server's whole process
@@ -375,13 +555,15 @@ class TreeLoad(bench_service.LoadGenerator):
     and BentoML's workers), with the client's own CPU time and a guard against a load process
     that dies (a server that drops connections) or hangs."""
 
+    worker = staticmethod(_load_worker)
+
     def __init__(self) -> None:
         # bench_service.LoadGenerator.__init__, with the worker wrapped so that it ignores
         # Ctrl-C: the driver stops it, after the measurement in progress or at once.
         ctx = mp.get_context("spawn")
         self.jobs = ctx.Queue()
         self.results = ctx.Queue()
-        self.proc = ctx.Process(target=_load_worker, args=(self.jobs, self.results), daemon=True)
+        self.proc = ctx.Process(target=self.worker, args=(self.jobs, self.results), daemon=True)
         self.proc.start()
         # An empty job (no connections) returns once the process has imported its modules,
         # so that the first measurement's client CPU does not include the start-up.
@@ -426,6 +608,17 @@ class TreeLoad(bench_service.LoadGenerator):
         if self.proc.is_alive():
             self.proc.terminate()
             self.proc.join(5)
+
+
+class GrpcTreeLoad(TreeLoad):
+    """TreeLoad with the gRPC client (``_grpc_load_worker``) in its process: the same
+    columns, measured the same way; the request is a serialized ModelInferRequest."""
+
+    worker = staticmethod(_grpc_load_worker)
+
+
+def load_for(protocol: str) -> type[TreeLoad]:
+    return GrpcTreeLoad if protocol == "grpc" else TreeLoad
 
 
 def tree(pid: int) -> list[psutil.Process]:
@@ -512,40 +705,151 @@ def fmt(v: float, digits: int = 0) -> str:
     return "nan" if v != v else f"{v:.{digits}f}"
 
 
-def tables(servers: list[Server], results: dict[str, list[dict]], sizes: dict[str, int],
-           concurrency: list[int]) -> tuple[str, str, list[dict]]:
-    """The Markdown table of every cell, the one of ratios, and the ratios as data."""
-    lines = ["| server | c | req/s | p50 ms | p99 ms | errors | server CPU µs/req | "
-             "client CPU µs/req | RSS MB | answer B |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for s in servers:
-        for r in results.get(s.spec.id, []):
-            lines.append(f"| {s.label} | {r['concurrency']} | {fmt(r['rps'])} | {fmt(r['p50_ms'], 2)} | "
-                         f"{fmt(r['p99_ms'], 2)} | {r['errors']} | {fmt(r['cpu_us'])} | "
-                         f"{fmt(r['client_cpu_us'])} | {fmt(r['rss_mb'])} | {sizes.get(s.spec.id, '')} |")
-        if s.failed:
-            lines.append(f"| {s.label} | | failed: {s.failed} | | | | | | | |")
-    by_id = {s.spec.id: s for s in servers}
+def ratios_of(results: dict[str, list[dict]], protocols: dict[str, str],
+              concurrency: list[int]) -> list[dict]:
+    """Within the run, for every server with the project's server on its protocol beside it:
+    the project's requests/s ÷ the server's, and the server's CPU per request ÷ the
+    project's, by concurrency (above 1: the project better)."""
     ratios = []
-    head = ("| ratio, same protocol (>1: the project better) | "
-            + " | ".join(f"req/s c={c}" for c in concurrency) + " | "
-            + " | ".join(f"peer CPU/req ÷ ours c={c}" for c in concurrency) + " |")
-    rlines = [head, "|---|" + "---:|" * (2 * len(concurrency))]
-    for s in servers:
-        ref = REFERENCE[s.spec.protocol]
-        if ref == s.spec.id or ref not in results or not results.get(s.spec.id):
+    for sid, protocol in protocols.items():
+        ref = REFERENCE[protocol]
+        if ref == sid or ref not in results or not results.get(sid):
             continue
         ours = {r["concurrency"]: r for r in results[ref]}
-        theirs = {r["concurrency"]: r for r in results[s.spec.id]}
+        theirs = {r["concurrency"]: r for r in results[sid]}
         both = [c for c in concurrency if c in ours and c in theirs]
         rps = {c: ours[c]["rps"] / theirs[c]["rps"] if theirs[c]["rps"] else float("nan") for c in both}
         cpu = {c: theirs[c]["cpu_us"] / ours[c]["cpu_us"] if ours[c]["cpu_us"] else float("nan")
                for c in both}
-        ratios.append({"ours": ref, "peer": s.spec.id, "rps": rps, "cpu": cpu})
-        rlines.append(f"| {by_id[ref].label} ÷ {s.label} | "
+        ratios.append({"ours": ref, "peer": sid, "rps": rps, "cpu": cpu})
+    return ratios
+
+
+def tables(labels: dict[str, str], protocols: dict[str, str], failed: dict[str, str],
+           results: dict[str, list[dict]], sizes: dict[str, int],
+           concurrency: list[int]) -> tuple[str, str, list[dict]]:
+    """The Markdown table of every cell, the one of ratios, and the ratios as data; servers
+    by id, in the order of ``labels``."""
+    lines = ["| server | c | req/s | p50 ms | p99 ms | errors | server CPU µs/req | "
+             "client CPU µs/req | RSS MB | answer B | batch |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for sid, label in labels.items():
+        for r in results.get(sid, []):
+            batch = fmt(r["batch"], 1) if "batch" in r else ""
+            lines.append(f"| {label} | {r['concurrency']} | {fmt(r['rps'])} | {fmt(r['p50_ms'], 2)} | "
+                         f"{fmt(r['p99_ms'], 2)} | {r['errors']} | {fmt(r['cpu_us'])} | "
+                         f"{fmt(r['client_cpu_us'])} | {fmt(r['rss_mb'])} | {sizes.get(sid, '')} | {batch} |")
+        if failed.get(sid):
+            lines.append(f"| {label} | | failed: {failed[sid]} | | | | | | | | |")
+    ratios = ratios_of(results, protocols, concurrency)
+    head = ("| ratio, same protocol (>1: the project better) | "
+            + " | ".join(f"req/s c={c}" for c in concurrency) + " | "
+            + " | ".join(f"peer CPU/req ÷ ours c={c}" for c in concurrency) + " |")
+    rlines = [head, "|---|" + "---:|" * (2 * len(concurrency))]
+    for ratio in ratios:
+        rps, cpu = ratio["rps"], ratio["cpu"]
+        rlines.append(f"| {labels[ratio['ours']]} ÷ {labels[ratio['peer']]} | "
                       + " | ".join(fmt(rps[c], 2) if c in rps else "" for c in concurrency) + " | "
                       + " | ".join(fmt(cpu[c], 2) if c in cpu else "" for c in concurrency) + " |")
     return "\n".join(lines), "\n".join(rlines) if ratios else "", ratios
+
+
+# -- the gRPC goals -----------------------------------------------------------------------------
+
+# hydra-grpc ÷ the best other gRPC server of the run in requests/s, at least, by concurrency.
+GRPC_RPS_GOALS = ((1, 1.0), (64, 2.0))
+# hydra-grpc ÷ hydra-v2 (V2 REST) in server CPU per request, at most, at every concurrency.
+GRPC_CPU_GOAL = 1.0
+
+
+def grpc_goals(results: dict[str, list[dict]], labels: dict[str, str], protocols: dict[str, str],
+               concurrency: list[int]) -> dict[str, dict]:
+    """The gRPC goals this run can judge, each as the project's goals are written (title,
+    value, target, direction, met; training.evaluate's form): hydra-grpc against the best
+    other gRPC server in requests/s at the concurrencies of GRPC_RPS_GOALS, and against
+    hydra-v2 in server CPU per request at every concurrency of the run. A goal whose servers
+    or concurrency are not in the run is left out."""
+    from training.report_md import meets
+
+    ref, v2 = REFERENCE["grpc"], REFERENCE["v2"]
+    ours = {r["concurrency"]: r for r in results.get(ref, [])}
+    goals: dict[str, dict] = {}
+
+    def goal(key: str, title: str, value: float, target: float, higher_is_better: bool, **beside) -> None:
+        goals[key] = {"title": title, "value": value, "target": target, "is_goal": True,
+                      "met": bool(meets(value, target, higher_is_better)),
+                      "higher_is_better": higher_is_better, **beside}
+
+    peers = [sid for sid, p in protocols.items() if p == "grpc" and sid != ref and results.get(sid)]
+    names = " and ".join(labels[p] for p in peers)
+    for c, target in GRPC_RPS_GOALS:
+        cells = {p: r for p in peers for r in results[p] if r["concurrency"] == c}
+        if c not in ours or not cells:
+            continue
+        best = max(cells, key=lambda p: cells[p]["rps"])
+        rps = cells[best]["rps"]
+        goal(f"grpc_rps_over_best_peer/c={c}",
+             f"{labels[ref]} ÷ the best of {names}, requests/s at concurrency {c}",
+             ours[c]["rps"] / rps if rps else float("nan"), target, True, best_peer=best)
+    rest = {r["concurrency"]: r for r in results.get(v2, [])}
+    for c in concurrency:
+        if c in ours and c in rest:
+            goal(f"grpc_cpu_over_v2/c={c}",
+                 f"{labels[ref]} ÷ {labels[v2]}, server CPU per request at concurrency {c}",
+                 ours[c]["cpu_us"] / rest[c]["cpu_us"], GRPC_CPU_GOAL, False)
+    return goals
+
+
+def render(data: dict) -> list[str]:
+    """The ``grpc`` section of BENCHMARKS.md from what ``main`` writes with --json: how the
+    run was made, every cell, the ratios within the run and the goals with their verdicts."""
+    from training.report_md import goals_table
+
+    labels, protocols = data["servers"], data["protocols"]
+    concurrency = data["concurrency"]
+    cells, ratio_table, _ = tables(labels, protocols, data.get("failed", {}), data["results"],
+                                   data["answer_bytes"], concurrency)
+    before, after = data["loadavg_before"][0], data["loadavg_after"][0]
+    sizes = data["request_bytes"]
+    bodies = {"v1": f"V1 body {sizes['v1']} B", "v2": f"V2 body {sizes['v2']} B",
+              "grpc": f"gRPC ModelInferRequest {sizes['grpc']} B (raw FP32 input)"}
+    used = [bodies[p] for p in dict.fromkeys(protocols.values())]
+    checks = data["checks"]
+    exact = [sid for sid in labels if checks.get(sid, {}).get("exact")]
+    differ = [f"{sid} (max abs diff {checks[sid]['max_abs_diff']:.3g})" for sid in labels
+              if sid in checks and not checks[sid]["exact"]]
+    check = (f"The outputs of {len(exact)} of {len(labels)} servers, for requests of 1 and of 4 "
+             "instances, were equal to ONNX Runtime run directly, bit for bit"
+             + (f"; they differed for {', '.join(differ)}" if differ else "") + ".")
+    direct = data["direct_ort"]
+    lines = [
+        f"`{shlex.join(data['command'])}`",
+        "",
+        f"**Machine:** {data['machine']}" + (f", {data['cpu']}" if data.get("cpu") else "")
+        + f"; load average {before:.2f} before the run and {after:.2f} after it. ONNX Runtime "
+        f"{data['threads']} intra-op thread(s) in every server; `{data['model']}`; "
+        f"{data['rounds']} round(s) of {data['duration_s']:g} s per cell after {data['warmup_s']:g} s "
+        "of warm-up, every server measured in turn within each round; each row is the round "
+        "with the median requests/s, with the median server CPU per request of the rounds. "
+        f"One instance per request: {', '.join(used)}, asking for the six outputs. ONNX Runtime "
+        f"called directly: {direct['batch1_us_per_instance']:.1f} µs per batch-1 call. {check} "
+        "Server CPU: user + system time of the server's whole process tree over every answer, "
+        "warm-up included; client CPU: the load process's own; batch: hydra-serve's mean "
+        "instances per ONNX Runtime call in that round, from its /metrics.",
+        "",
+        cells,
+    ]
+    if ratio_table:
+        lines += ["", "Ratios within the run (requests/s: the project's server ÷ the other; CPU "
+                      "per request: the other's ÷ the project's; above 1 the project is better):",
+                  "", ratio_table]
+    goals = data.get("goals") or {}
+    if goals:
+        best = [f"{labels[g['best_peer']]} at concurrency {key.rpartition('=')[2]}"
+                for key, g in goals.items() if "best_peer" in g]
+        lines += ["", "Goals" + (f" (the best other gRPC server by requests/s: {', '.join(best)})"
+                                 if best else "") + ":", "", *goals_table(goals)]
+    return lines
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -602,11 +906,15 @@ def runnable(args: argparse.Namespace) -> list[Spec]:
 def check_all(servers: list[Server], sess, x: np.ndarray, bodies: dict[str, bytes],
               exact: bool) -> tuple[dict[str, dict], dict[str, int]]:
     """Every server's outputs against ORT run directly, and its answer size for the timed
-    request (sent twice on one connection: keep-alive and Content-Length are needed)."""
+    request (sent twice on one connection: keep-alive and Content-Length are needed; for
+    gRPC twice on one channel)."""
     checks, sizes, mismatched = {}, {}, []
     for s in servers:
         c = checks[s.spec.id] = check_outputs(s, sess, x)
-        _, _, answer = post(s.port, s.spec.path, bodies[s.spec.protocol], repeat=2)
+        if s.spec.protocol == "grpc":
+            answer = grpc_unary(s.load_port, s.spec.path, bodies["grpc"], repeat=2)
+        else:
+            _, _, answer = post(s.port, s.spec.path, bodies[s.spec.protocol], repeat=2)
         sizes[s.spec.id] = len(answer)
         print(f"check: {s.spec.id}: outputs {'equal to' if c['exact'] else 'DIFFER from'} ORT run "
               f"directly (max abs diff {c['max_abs_diff']:.3g}); answer {len(answer)} B", flush=True)
@@ -618,36 +926,95 @@ def check_all(servers: list[Server], sess, x: np.ndarray, bodies: dict[str, byte
     return checks, sizes
 
 
+def batch_totals(port: int) -> tuple[float, float] | None:
+    """hydra-serve's ``hydra_inference_batch_size`` histogram from its /metrics: (instances,
+    ONNX Runtime calls) so far, all models; None where there is none (a peer)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        answer = conn.getresponse()
+        text = answer.read().decode(errors="replace")
+        if answer.status != 200:
+            return None
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+    totals = {"_sum": 0.0, "_count": 0.0}
+    for line in text.splitlines():
+        for suffix in totals:
+            if line.startswith(f"hydra_inference_batch_size{suffix}{{"):
+                totals[suffix] += float(line.rsplit(" ", 1)[1])
+    return totals["_sum"], totals["_count"]
+
+
 def measure_all(servers: list[Server], requests: dict[str, bytes],
                 args: argparse.Namespace) -> dict[str, list[dict]]:
     """Interleaved rounds: for each concurrency, ``rounds`` times every server in turn, the
     order rotated from round to round. A server the load generator cannot finish with (it
-    died, or drops connections) leaves the run; the others go on."""
+    died, or drops connections) leaves the run; the others go on. HTTP servers get the HTTP
+    load process, gRPC servers the gRPC one; both are started before the first measurement."""
     results: dict[str, list[dict]] = {}
-    load = TreeLoad()
+    loads: dict[type[TreeLoad], TreeLoad] = {}
     try:
+        for kind in dict.fromkeys(load_for(s.spec.protocol) for s in servers):
+            loads[kind] = kind()
         for c in args.concurrency:
             runs: dict[str, list[dict]] = {s.spec.id: [] for s in servers}
             for r in range(args.rounds):
                 active = [s for s in servers if not s.failed]
                 k = r % max(len(active), 1)
                 for s in active[k:] + active[:k]:
+                    kind = load_for(s.spec.protocol)
+                    # hydra-serve's batches: read outside the measured span (its CPU too).
+                    before = batch_totals(s.port) if s.spec.env is None else None
                     try:
-                        runs[s.spec.id].append(load.measure(s.port, requests[s.spec.id], c,
-                                                            args.duration, s.proc.pid, args.warmup))
+                        row = loads[kind].measure(s.load_port, requests[s.spec.id], c, args.duration,
+                                                  s.proc.pid, args.warmup)
+                        after = batch_totals(s.port) if before else None
+                        if before and after and after[1] > before[1]:
+                            # Mean instances per ONNX Runtime call, warm-up included.
+                            row["batch"] = (after[0] - before[0]) / (after[1] - before[1])
+                        runs[s.spec.id].append(row)
                     except LoadFailed as exc:
                         exited = s.proc.poll()
                         s.failed = f"c={c}: {exc}" + ("" if exited is None else f"; server exited {exited}")
                         print(f"FAILED: {s.spec.id}: {s.failed}\n{tail(s.log)}", flush=True)
-                        load.close()
-                        load = TreeLoad()
+                        loads.pop(kind).close()
+                        loads[kind] = kind()
                 print(f"c={c} round {r + 1}/{args.rounds} done", flush=True)
             for s in servers:
                 if runs[s.spec.id] and not s.failed:
                     results.setdefault(s.spec.id, []).append(summarize(runs[s.spec.id]))
     finally:
-        load.close()
+        for load in loads.values():
+            load.close()
     return results
+
+
+def project_path(path: str | Path) -> str:
+    """A path inside the project relative to its root (the JSON then reads the same in
+    every checkout); any other as it is."""
+    try:
+        return str(Path(path).absolute().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def command_line(argv: list[str] | None) -> list[str]:
+    """How this run was asked for: interpreter, script and options."""
+    script = sys.argv[0] if argv is None else __file__
+    return [project_path(sys.executable), project_path(script), *(sys.argv[1:] if argv is None else argv)]
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -655,7 +1022,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for s in CATALOGUE:
             where = "hydra-serve" if s.env is None else f"{args.venvs / s.env}"
-            print(f"{s.id:18} {s.protocol}  {s.label}   [{where}]")
+            print(f"{s.id:18} {s.protocol:5} {s.label}   [{where}]")
         return 0
     if args.model is None or not args.model.is_file():
         raise SystemExit(f"no model file: {args.model} (give --model)")
@@ -674,8 +1041,10 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     meta = {
+        "command": command_line(argv),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, python {platform.python_version()}",
-        "model": str(args.model), "threads": args.threads, "concurrency": args.concurrency,
+        "cpu": cpu_name(),
+        "model": project_path(args.model), "threads": args.threads, "concurrency": args.concurrency,
         "duration_s": args.duration, "warmup_s": args.warmup, "rounds": args.rounds,
         "loadavg_before": os.getloadavg(),
     }
@@ -692,7 +1061,7 @@ def main(argv: list[str] | None = None) -> int:
                                     providers=["CPUExecutionProvider"])
         x = np.ascontiguousarray(bench_service.sample_inputs(model), dtype=np.float32)
         x = x.reshape(len(x), -1)
-        bodies = {p: body_for(p, x[:1]) for p in ("v1", "v2")}
+        bodies = {p: body_for(p, x[:1]) for p in ("v1", "v2", "grpc")}
 
         servers = prepare(specs, args, model, repo, work)
         pythons = {(s.spec.env or "hydra"): Path(s.argv[0]).parent / "python" for s in servers}
@@ -705,9 +1074,12 @@ def main(argv: list[str] | None = None) -> int:
         deadline = time.monotonic() + args.ready_timeout
         for s in servers:
             wait_ready(s, deadline)
-            print(f"ready: {s.spec.id} (pid {s.proc.pid}, port {s.port})", flush=True)
+            grpc = f", gRPC port {s.grpc_port}" if s.spec.protocol == "grpc" else ""
+            print(f"ready: {s.spec.id} (pid {s.proc.pid}, port {s.port}{grpc})", flush=True)
         checks, sizes = check_all(servers, sess, x, bodies, exact=not args.no_exact)
-        requests = {s.spec.id: bench_service._request_bytes(s.spec.path, bodies[s.spec.protocol])
+        # What the load process sends: an HTTP request, or a serialized ModelInferRequest.
+        requests = {s.spec.id: bodies["grpc"] if s.spec.protocol == "grpc"
+                    else bench_service._request_bytes(s.spec.path, bodies[s.spec.protocol])
                     for s in servers}
         results = measure_all(servers, requests, args)
     finally:
@@ -719,10 +1091,15 @@ def main(argv: list[str] | None = None) -> int:
 
     direct = direct_ort(sess, x, min(args.duration, 1.0))
     meta["loadavg_after"] = os.getloadavg()
-    cells, ratio_table, ratios = tables(servers, results, sizes, args.concurrency)
+    labels = {s.spec.id: s.label for s in servers}
+    protocols = {s.spec.id: s.spec.protocol for s in servers}
+    failed = {s.spec.id: s.failed for s in servers if s.failed}
+    cells, ratio_table, ratios = tables(labels, protocols, failed, results, sizes, args.concurrency)
+    goals = grpc_goals(results, labels, protocols, args.concurrency)
     print(f"\nORT called directly in-process: {direct['batch1_us_per_instance']:.1f} µs per batch-1 "
           f"call, {direct['batch64_us_per_instance']:.2f} µs per instance at batch 64")
-    print(f"request bodies: V1 {len(bodies['v1'])} B, V2 {len(bodies['v2'])} B, one instance each; "
+    print(f"request bodies: V1 {len(bodies['v1'])} B, V2 {len(bodies['v2'])} B, gRPC "
+          f"{len(bodies['grpc'])} B, one instance each; "
           f"{args.rounds} round(s) of {args.duration:g} s per cell after {args.warmup:g} s of warm-up; "
           f"load average {meta['loadavg_before'][0]:.2f} before, {meta['loadavg_after'][0]:.2f} after\n")
     print(cells)
@@ -730,15 +1107,21 @@ def main(argv: list[str] | None = None) -> int:
         print("\nreq/s: the project's server ÷ the peer; CPU: the peer's server CPU per request ÷ "
               "the project's; both from this run\n")
         print(ratio_table)
+    if goals:
+        print("\ngoals:")
+        for g in goals.values():
+            sign = "≥" if g["higher_is_better"] else "≤"
+            print(f"  {g['title']}: {g['value']:.3f} ({sign} {g['target']:g}: "
+                  f"{'met' if g['met'] else 'MISSED'})")
     elapsed = time.perf_counter() - started
     print(f"\ntotal time: {elapsed:.0f}s")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
-            **meta, "direct_ort": direct, "servers": {s.spec.id: s.label for s in servers},
+            **meta, "direct_ort": direct, "servers": labels, "protocols": protocols,
             "request_bytes": {p: len(b) for p, b in bodies.items()}, "answer_bytes": sizes,
-            "checks": checks, "failed": {s.spec.id: s.failed for s in servers if s.failed},
-            "results": results, "ratios": ratios, "total_s": elapsed,
+            "checks": checks, "failed": failed, "results": results, "ratios": ratios,
+            "goals": goals, "total_s": elapsed,
         }, indent=2, default=str))
         print(f"wrote {args.json}")
     return 1 if any(s.failed for s in servers) else 0

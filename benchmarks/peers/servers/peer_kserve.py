@@ -4,7 +4,14 @@ own port, a latency log line per request unless ``--no-latency-log``, uvicorn's 
 KServe's Python server has no request batching.
 
     POST /v1/models/digits:predict   {"instances": [[64 floats], ...]} -> {"predictions": [...]}
+    gRPC inference.GRPCInferenceService/ModelInfer on --grpc-port (Open Inference Protocol):
+                                     one FP32 input [n, 64] -> the six outputs, each FP32
+                                     [n, ...] as raw_output_contents
     GET  /v2/health/ready            200 once the model is loaded
+
+KServe 0.21 calls ``predict`` with the V1 body (a dict) for REST and with a
+``kserve.InferRequest`` for gRPC; the gRPC answer is a ``kserve.InferResponse`` whose outputs
+are numpy arrays, which KServe sends as raw bytes.
 
     python peer_kserve.py --model model.onnx --port 9000 --grpc-port 9001 [--threads 1] [--no-latency-log]
 """
@@ -12,6 +19,8 @@ KServe's Python server has no request batching.
 from __future__ import annotations
 
 import sys
+
+import numpy as np
 
 import peer_common
 
@@ -32,7 +41,16 @@ def serve(model: str, port: int, grpc_port: int, threads: int, latency_log: bool
             self.ready = True
             return self.ready
 
-        def predict(self, payload: dict, headers: dict | None = None) -> dict:
+        def predict(self, payload, headers: dict | None = None):
+            if isinstance(payload, kserve.InferRequest):  # gRPC (Open Inference Protocol)
+                x = payload.inputs[0].as_numpy().astype(np.float32, copy=False)
+                out = peer_common.infer(self._sess, x)
+                outputs = []
+                for name in peer_common.OUTPUTS:
+                    tensor = kserve.InferOutput(name, list(out[name].shape), "FP32")
+                    tensor.set_data_from_numpy(out[name], binary_data=True)
+                    outputs.append(tensor)
+                return kserve.InferResponse(payload.id, self.name, outputs)
             out = peer_common.infer(self._sess, peer_common.as_batch(payload["instances"]))
             return {"predictions": peer_common.instances(out)}
 
