@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -257,16 +256,6 @@ def serve_and_measure(version: Path, device: str, plan: dict, tmp: Path) -> dict
     return result
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 # -- report ---------------------------------------------------------------------------------------
 
 # -- 5. members given as files, on the device ------------------------------------------------------
@@ -423,7 +412,7 @@ def main() -> int:
     plan = PLANS["quick" if args.quick else device]
     started = time.perf_counter()
     result: dict = {"device": device, "quick": args.quick, "resnet": plan["resnet"],
-                    "machine": f"{cpu_name()}, {os.cpu_count()} cores"}
+                    "machine": f"{bs.cpu_name()}, {os.cpu_count()} cores"}
     if device == "cuda":
         result["machine"] += f", {torch.cuda.get_device_name(0)}"
     parts = set(args.parts.split(","))

@@ -147,6 +147,17 @@ def median_run(runs: list[dict]) -> dict:
 # -- servers -----------------------------------------------------------------------------------
 
 
+def cpu_name() -> str:
+    """The CPU's model name (for the machine line of a benchmark's record)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

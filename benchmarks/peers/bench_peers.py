@@ -1007,16 +1007,6 @@ def command_line(argv: list[str] | None) -> list[str]:
     return [project_path(sys.executable), project_path(script), *(sys.argv[1:] if argv is None else argv)]
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list:
@@ -1043,7 +1033,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "command": command_line(argv),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, python {platform.python_version()}",
-        "cpu": cpu_name(),
+        "cpu": bench_service.cpu_name(),
         "model": project_path(args.model), "threads": args.threads, "concurrency": args.concurrency,
         "duration_s": args.duration, "warmup_s": args.warmup, "rounds": args.rounds,
         "loadavg_before": os.getloadavg(),
