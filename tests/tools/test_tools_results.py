@@ -20,7 +20,7 @@ results = importlib.util.module_from_spec(_spec)
 sys.modules["tools_results"] = results
 _spec.loader.exec_module(results)
 
-BENCHMARK_SECTIONS = ("ablation", "tabular", "seeds", "resnet", "memory", "members")
+BENCHMARK_SECTIONS = ("ablation", "tabular", "seeds", "resnet", "memory", "members", "peers-grpc")
 
 
 def _all_sections(root: Path) -> dict[str, str]:
