@@ -228,7 +228,8 @@ class LiveStateExchange:
         self._state_file = self.directory / f"{STATE_PREFIX}{self.pid}.json"
         self._gauge_file = self.directory / f"gauge_livemax_{self.pid}.db"
 
-    def publish(self, state: WorkerState, min_samples: int) -> list[GaugeSample]:
+    def publish(self, state: WorkerState, min_samples: int) -> list[WorkerState]:
+        """Write this worker's state and the merged gauges; the live workers' states merged."""
         _atomic_write(self._state_file, state.to_json().encode())
         states = self.live_states()
         samples = merged_samples(states, min_samples)
@@ -243,7 +244,7 @@ class LiveStateExchange:
         finally:
             mmap.close()
         os.replace(tmp, self._gauge_file)
-        return samples
+        return states
 
     def live_states(self) -> list[WorkerState]:
         """Snapshots of the workers still alive; a dead worker's files are removed."""

@@ -292,6 +292,7 @@ class ModelRepository:
         self._task: asyncio.Task[None] | None = None
         self._publisher: asyncio.Task[None] | None = None
         self._exchange: LiveStateExchange | None = None
+        self._workers_ready = False  # every other worker ready, at the last publication
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         metrics.attach_state(self.live_state, settings.drift_min_samples)
@@ -313,12 +314,11 @@ class ModelRepository:
     def replica_ready(self) -> bool:
         """Ready for traffic as a replica: this process is ready and, with several workers,
         every other one has published that it is too (they share one listening socket, so a
-        connection may go to any of them; a worker still loading would answer 503)."""
-        if not self.ready:
-            return False
-        if self._exchange is None or self.settings.workers == 1:
-            return True
-        return workers_ready(self._exchange.live_states(), self._exchange.pid, self.settings.workers)
+        connection may go to any of them; a worker still loading would answer 503). Known
+        from this worker's last publication of the live state (once a second), so a probe
+        reads no file."""
+        return self.ready and (self._exchange is None or self.settings.workers == 1
+                               or self._workers_ready)
 
     def _first_loading(self, name: str) -> bool:
         if name in self._table:
@@ -414,9 +414,10 @@ class ModelRepository:
         assert self._exchange is not None
         while True:
             try:
-                await asyncio.to_thread(
+                states = await asyncio.to_thread(
                     self._exchange.publish, self.live_state(), self.settings.drift_min_samples
                 )
+                self._workers_ready = workers_ready(states, self._exchange.pid, self.settings.workers)
             except Exception:  # metrics must never stop serving
                 logger.exception("publishing the live metrics failed")
             await asyncio.sleep(PUBLISH_INTERVAL_S)

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 import contract_models as cm
 from app.monitoring.live_gauges import STATE_PREFIX, WorkerState
-from app.serving.repository import workers_ready
+from app.serving.repository import PUBLISH_INTERVAL_S, workers_ready
 from servekit import make_settings, serve, wait_for
 
 
@@ -48,15 +49,19 @@ def test_a_worker_answers_ready_only_when_every_worker_is(
             wait_for(lambda: client.get("/v2/models/digits/ready").status_code == 200,
                      what="this worker's model")
             _publish(shared, WorkerState(partner.pid, False))
+            # This worker publishes (and reads the others') once a second: two rounds.
+            time.sleep(2.5 * PUBLISH_INTERVAL_S)
             answer = client.get("/v2/health/ready")
             assert (answer.status_code, answer.json()["ready"]) == (503, False)
             _publish(shared, WorkerState(partner.pid, True))
-            answer = client.get("/v2/health/ready")
-            assert (answer.status_code, answer.json()["ready"]) == (200, True)
+            wait_for(lambda: client.get("/v2/health/ready").status_code == 200,
+                     what="readiness once the partner is ready")
+            assert client.get("/v2/health/ready").json()["ready"] is True
             # The partner dies (the server starts a new one, which loads): not ready again.
             partner.kill()
             partner.wait()
-            assert client.get("/v2/health/ready").status_code == 503
+            wait_for(lambda: client.get("/v2/health/ready").status_code == 503,
+                     what="unreadiness once the partner is gone")
             assert not (shared / f"{STATE_PREFIX}{partner.pid}.json").exists()
     finally:
         partner.kill()
