@@ -56,7 +56,7 @@ from app.monitoring.live_gauges import LiveStateExchange, VersionState, WorkerSt
 from app.monitoring.observer import ModelObserver
 from app.monitoring.service_metrics import ServiceMetrics, multiprocess_enabled
 from app.serving.batching import Batcher
-from app.serving.sessions import LoadedModel, OutputArrays, load_model, runtime_providers
+from app.serving.sessions import LoadedModel, load_model, runtime_providers
 from app.settings import Settings
 from contract.layout import MAX_VERSION, MODEL_FILE, NAME_PATTERN, version_folders
 from contract.model import ContractError
